@@ -181,9 +181,12 @@ class Ingress:
         temperature: float = Form(0.0, ge=0.0, le=1.0),
         timestamp_granularities: list[str] = Form([], alias="timestamp_granularities[]"),
         stream: bool = Form(False),
+        max_tokens: Optional[int] = Form(None, ge=1),
+        ignore_eos: bool = Form(False),
     ) -> Response:
+        extra = {"max_tokens": max_tokens, "ignore_eos": ignore_eos}
         return await self._speech_to_text(
-            "transcribe", file, model, language, prompt, response_format, temperature, timestamp_granularities, stream
+            "transcribe", file, model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra
         )
 
     @app.post("/v1/audio/translations")
@@ -195,7 +198,7 @@ class Ingress:
         response_format: ResponseFormat = Form("json"),
         temperature: float = Form(0.0, ge=0.0, le=1.0),
     ) -> Response:
-        return await self._speech_to_text("translate", file, model, None, prompt, response_format, temperature, [], False)
+        return await self._speech_to_text("translate", file, model, None, prompt, response_format, temperature, [], False, {})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: ChatCompletionRequest) -> Response:
@@ -243,7 +246,7 @@ class Ingress:
         )
 
     async def _speech_to_text(
-        self, task, file, model, language, prompt, response_format, temperature, granularities, stream
+        self, task, file, model, language, prompt, response_format, temperature, granularities, stream, extra
     ) -> Response:
         name = self._resolve(model)
         unknown = set(granularities) - {"segment", "word"}
@@ -260,6 +263,7 @@ class Ingress:
             task=task,
             word_timestamps="word" in granularities,
             request_id=new_id("req"),
+            **extra,
         )
         started = time.perf_counter()
         if stream:

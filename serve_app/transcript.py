@@ -18,6 +18,10 @@ class TranscribeOptions:
     task: str = "transcribe"  # or "translate"
     word_timestamps: bool = False
     request_id: str | None = None
+    # Extensions (vLLM-style) for generative backends: a cap on output tokens, and generation that ignores the
+    # end-of-sequence token so benchmarks with random weights produce a fixed length.
+    max_tokens: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass

@@ -91,10 +91,13 @@ class VoxtralBackend:
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         duration = duration_of(audio)
         if options.task == "translate":
-            text = "".join([d async for d in self._generate(self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))]), self._max_tokens(duration, options), options.temperature, 1.0, options.request_id)])
+            prompt = self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))])
         else:
             prompt = self._transcription_prompt(audio, options.language)
-            text = "".join([d async for d in self._generate(prompt, self._max_tokens(duration, options), options.temperature, 1.0, options.request_id)])
+        deltas = self._generate(
+            prompt, self._max_tokens(duration, options), options.temperature, 1.0, options.request_id, options.ignore_eos
+        )
+        text = "".join([d async for d in deltas])
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
         return Transcript(text=text, language=options.language, duration=duration, segments=segments)
@@ -121,8 +124,9 @@ class VoxtralBackend:
 
     def _max_tokens(self, duration_s: float, options: TranscribeOptions) -> int:
         bound = self._duration_tokens(duration_s)
-        requested = getattr(options, "max_tokens", None)
-        return min(bound, requested) if requested else bound
+        if options.ignore_eos and options.max_tokens:
+            return options.max_tokens  # a fixed length was asked for (benchmarks)
+        return min(bound, options.max_tokens) if options.max_tokens else bound
 
     def _transcription_prompt(self, audio: np.ndarray, language: str | None) -> dict:
         from mistral_common.protocol.transcription.request import TranscriptionRequest
@@ -157,7 +161,9 @@ class VoxtralBackend:
             raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
         return _prompt(tokenized)
 
-    async def _generate(self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None) -> AsyncIterator[str]:
+    async def _generate(
+        self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None, ignore_eos: bool = False
+    ) -> AsyncIterator[str]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -167,7 +173,9 @@ class VoxtralBackend:
                 f" {self.config.max_model_len}. Send shorter audio."
             )
         max_tokens = max(1, min(max_tokens, self.config.max_model_len - len(prompt["prompt_token_ids"])))
-        params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA)
+        params = SamplingParams(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=RequestOutputKind.DELTA
+        )
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         try:
             async for output in self.engine.generate(prompt, params, request_id=rid):
