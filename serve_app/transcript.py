@@ -84,6 +84,10 @@ class Backend(Protocol):
 
     async def check_health(self) -> None: ...
 
+    async def warm_up(self) -> float:
+        """Run one small request so the first user does not pay for lazy initialisation; returns seconds spent."""
+        ...
+
 
 def duration_of(audio: np.ndarray) -> float:
     return len(audio) / SAMPLE_RATE
