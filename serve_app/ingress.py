@@ -85,6 +85,11 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(APIError("The server had an error while processing your request.").to_dict(), status_code=500)
 
 
+# --- helpers of the routes ---
+# They must be defined above the class: serve.ingress(app) freezes a cloudpickled copy of the app and its routes
+# when the class is decorated, and a global defined after that point is missing from the copy (NameError).
+
+
 def _b64(data: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
