@@ -77,3 +77,13 @@ class BackendUnavailable(APIError):
     status_code = 503
     type = "server_error"
     code = "backend_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, **kw):
+        super().__init__(message, **kw)
+        self.retry_after_s = retry_after_s
+
+
+class RequestTimeout(APIError):
+    status_code = 504
+    type = "server_error"
+    code = "timeout"
