@@ -235,7 +235,7 @@ class Ingress:
         deltas = self.backends[name].chat_stream(list(turns), options)
         model_id = request.model or name
         if request.stream:
-            return _sse(_chat_chunks(request_id, model_id, deltas))
+            return _sse(_chat_chunks(request_id, model_id, await _started(deltas)))
         text = "".join([d async for d in deltas])
         return JSONResponse(dump(ChatCompletion(id=request_id, model=model_id, choices=[Choice(message=AssistantMessage(content=text))])))
 
@@ -293,7 +293,8 @@ class Ingress:
             request_id=_current_request().request_id,
         )
         if stream:
-            return _sse(_transcript_events(self.transcribers[name].stream(audio, options)), done_marker=False)
+            deltas = await _started(self.transcribers[name].stream(audio, options))
+            return _sse(_transcript_events(deltas), done_marker=False)
         transcript = await self.transcribers[name].transcribe(audio, options)
         body, media_type = formats.render(transcript, response_format, task)
         if isinstance(body, dict):
@@ -332,6 +333,20 @@ def _data_url(url: str) -> tuple[bytes, str | None]:
     if not sep or not header.endswith(";base64"):
         raise InvalidRequest("audio_url must be base64-encoded (data:audio/...;base64,...).", param="messages")
     return _b64(payload), header[: -len(";base64")] or None
+
+
+async def _started(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Wait for the first delta before the response starts, so an overloaded, failed or timed-out backend is
+    answered with its own status code rather than an error event inside a 200 stream."""
+    return _chain(await anext(deltas, None), deltas)
+
+
+async def _chain(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    if first is None:
+        return
+    yield first
+    async for delta in rest:
+        yield delta
 
 
 def _sse(events: AsyncIterator[dict], done_marker: bool = True) -> StreamingResponse:

@@ -130,14 +130,21 @@ class _unwrapped:
     def __exit__(self, exc_type, exc, tb):
         if exc is None:
             return False
-        if not isinstance(exc, APIError):  # timed out, client gone, replica failed: stop the work in the replica
-            self.response.cancel()
-        if isinstance(exc, GeneratorExit):
+        if isinstance(exc, (TimeoutError, asyncio.CancelledError, GeneratorExit)):
+            _cancel(self.response)  # timed out or the client is gone: stop the work in the replica too
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
             return False
         cause = _api_error(exc, self.timeout_s)
         if cause is None or cause is exc:
             return False
         raise cause from None
+
+
+def _cancel(response) -> None:
+    try:
+        response.cancel()
+    except Exception:  # cancel() re-raises the call's own error when it already failed: nothing left to stop
+        pass
 
 
 def _api_error(exc: BaseException, timeout_s: float | None) -> APIError | None:
@@ -153,7 +160,7 @@ def _api_error(exc: BaseException, timeout_s: float | None) -> APIError | None:
         retry_after = max(1, math.ceil(exc.retry_after_s or 1))
         return Overloaded("The model is busy: too many requests are queued; retry shortly.", retry_after_s=retry_after)
     if isinstance(exc, TimeoutError):
-        return RequestTimeout(f"The request did not finish within {timeout_s:g} s.")
+        return RequestTimeout(f"The request did not finish within {timeout_s or 0:g} s.")
     if isinstance(exc, (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)):
         return BackendUnavailable("The model server is restarting; retry shortly.")
     return None
