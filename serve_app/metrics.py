@@ -3,6 +3,7 @@
 Ray exports every metric with the prefix ``ray_`` (counters also get ``_total``) on each node's metrics port, and Serve
 adds the tags ``application``, ``deployment`` and ``replica``. A metric registers with the Ray worker that creates it,
 so each deployment creates its own set in its constructor. cluster/grafana-dashboard.json charts these names.
+Ray exports a histogram's ``_sum`` from its buckets' midpoints: chart quantiles of the buckets, not ``_sum/_count``.
 """
 
 from __future__ import annotations
