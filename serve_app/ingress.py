@@ -27,7 +27,7 @@ from .audio import decode_audio
 from .auth import bearer_token, key_matches, load_api_keys
 from .config import AppConfig
 from .errors import APIError, InvalidAudio, InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized
-from .metrics import IngressMetrics
+from .metrics import IngressMetrics, log_request
 from .model_server import RemoteBackend
 from .protocol import (
     AssistantMessage,
@@ -116,7 +116,7 @@ async def _observe(request: Request, call_next):
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.request_done(route, info.model, status, took)
-        log.info("request_id=%s route=%s model=%s status=%d took_s=%.3f", info.request_id, route, info.model, status, took)
+        log_request(log, info.request_id, route=route, model=info.model, status=status, took_s=took)
 
 
 def _route_path(request: Request) -> str:

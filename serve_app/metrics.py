@@ -8,8 +8,17 @@ Ray exports a histogram's ``_sum`` from its buckets' midpoints: chart quantiles 
 
 from __future__ import annotations
 
+import logging
+
 SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600]
 RTF_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5]
+
+
+def log_request(log: logging.Logger, request_id: str | None, message: str = "", **fields) -> None:
+    """One line per request: ``request_id=... key=value ...`` in text logs; with Serve's ``logging_config:
+    {encoding: JSON}`` the fields are JSON fields too (Serve adds ``request_id`` itself, the same in every replica)."""
+    text = " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+    log.info("request_id=%s %s%s", request_id, text, f" {message}" if message else "", extra=fields)
 
 
 class IngressMetrics:

@@ -15,7 +15,7 @@ from ray import serve
 from .backends import make_backend
 from .config import VoxtralModelConfig, WhisperModelConfig
 from .errors import APIError, BackendUnavailable, Overloaded, RequestTimeout
-from .metrics import ModelMetrics
+from .metrics import ModelMetrics, log_request
 from .transcript import ChatOptions, ChatTurn, TranscribeOptions, Transcript, duration_of
 
 log = logging.getLogger("ray.serve")
@@ -59,7 +59,7 @@ class ModelServer:
         try:
             yield
         except APIError as e:
-            log.info("request_id=%s model=%s task=%s rejected: %s %s", request_id, self.name, task, e.status_code, e.message)
+            log_request(log, request_id, e.message, model=self.name, task=task, status=e.status_code)
             raise
         except Exception:
             self.consecutive_failures += 1
@@ -70,10 +70,8 @@ class ModelServer:
             self.consecutive_failures = 0
             took = time.perf_counter() - started
             self.metrics.processed(audio_s, took)
-            log.info(
-                "request_id=%s model=%s task=%s audio_s=%.2f took_s=%.3f rtf=%.3f",
-                request_id, self.name, task, audio_s, took, took / audio_s if audio_s else 0.0,
-            )
+            rtf = took / audio_s if audio_s else 0.0
+            log_request(log, request_id, model=self.name, task=task, audio_s=audio_s, took_s=took, rtf=rtf)
         finally:
             self.metrics.finished()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from conftest import WHISPER_TEST_MODEL
+from ray import serve
 
 from serve_app.auth import bearer_token, key_matches, load_api_keys
 from serve_app.config import AppConfig, AuthConfig
@@ -13,11 +14,12 @@ KEYS = ("sk-test-first-0123456789", "sk-test-second-abcdefghij")
 
 
 @pytest.fixture(scope="module")
-def auth_url(deploy_app, tmp_path_factory) -> str:
+def auth_url(deploy_app, tmp_path_factory):
     key_file = tmp_path_factory.mktemp("auth") / "api_keys"
     key_file.write_text(f"# keys of the auth test app\n{KEYS[0]}\n\n{KEYS[1]}\n")
     args = {"models": [WHISPER_TEST_MODEL], "auth": {"api_keys_file": str(key_file), "api_keys_env": None}}
-    return deploy_app("auth", args)
+    yield deploy_app("auth", args)
+    serve.delete("auth")
 
 
 def _assert_401(r: httpx.Response, message_part: str) -> None:

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from ray import serve
 from replicas import all_running, kill_replica, replica_actor_names, wait_until
 from whisper_normalizer.english import EnglishTextNormalizer
 
@@ -101,12 +102,23 @@ def clips(audio_dir, manifest) -> list[tuple[str, bytes, str]]:
     return [(name, (audio_dir / name).read_bytes(), references[name]) for name in CLIPS]
 
 
+@pytest.fixture(scope="module")
+def fault_url(deploy_app):
+    yield deploy_app("fault", {"models": [_model(max_ongoing_requests=2, max_queued_requests=8)]})
+    serve.delete("fault")
+
+
+@pytest.fixture(scope="module")
+def sick_url(deploy_app):
+    yield deploy_app("sick", {"models": [_model()]})
+    serve.delete("sick")
+
+
 @pytest.mark.slow
-def test_killed_replica_is_replaced_and_no_request_hangs(deploy_app, clips):
-    url = deploy_app("fault", {"models": [_model(max_ongoing_requests=2, max_queued_requests=8)]})
+def test_killed_replica_is_replaced_and_no_request_hangs(fault_url, clips):
     (victim,) = replica_actor_names("fault")[MODEL_DEPLOYMENT]
 
-    with Clients(url, clips, n=4) as clients:
+    with Clients(fault_url, clips, n=4) as clients:
         assert wait_until(lambda: len(clients.ok_since(0)) >= 2, 60), clients.results
         killed_at = time.monotonic()
         kill_replica(victim)
@@ -134,13 +146,11 @@ def test_killed_replica_is_replaced_and_no_request_hangs(deploy_app, clips):
 
 
 @pytest.mark.slow
-def test_failing_backend_is_reported_unhealthy_and_replaced(deploy_app, clips):
+def test_failing_backend_is_reported_unhealthy_and_replaced(sick_url, clips):
     """Requests that fail inside the backend (here: a path instead of audio, which faster-whisper cannot open) make
     check_health raise after FAILURES_BEFORE_UNHEALTHY in a row; Serve then replaces the replica."""
-    from ray import serve
     from ray.exceptions import RayTaskError
 
-    url = deploy_app("sick", {"models": [_model()]})
     (sick,) = replica_actor_names("sick")[MODEL_DEPLOYMENT]
     handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="sick")
     for _ in range(FAILURES_BEFORE_UNHEALTHY):
@@ -150,7 +160,7 @@ def test_failing_backend_is_reported_unhealthy_and_replaced(deploy_app, clips):
     assert wait_until(lambda: sick not in replica_actor_names("sick").get(MODEL_DEPLOYMENT, ()), 60)
     assert wait_until(lambda: all_running("sick"), RECOVERY_BOUND_S)
     name, audio, reference = clips[0]
-    r = httpx.post(f"{url}/v1/audio/transcriptions", files={"file": (name, audio, "audio/wav")}, timeout=60)
+    r = httpx.post(f"{sick_url}/v1/audio/transcriptions", files={"file": (name, audio, "audio/wav")}, timeout=60)
     assert r.status_code == 200, r.text
     normalize = EnglishTextNormalizer()
     assert normalize(r.json()["text"]) == normalize(reference)

@@ -1,7 +1,9 @@
-"""Load at twice capacity against a small app: every answer is a correct 200 or a fast 503 with Retry-After.
+"""Backpressure and timeouts.
 
-The app's model takes 2 requests at once and queues 2 more (capacity 4); 8 clients send back to back. Nothing may
-hang, fail with another status, or kill a replica. Loopback only, bounded in count and time.
+Load at twice capacity against a small app: its model takes 2 requests at once and queues 2 more (capacity 4);
+8 clients send back to back. Every answer is a correct 200 or a fast 503 with Retry-After; nothing hangs, fails with
+another status, or kills a replica. Loopback only, bounded in count and time. A request past limits.request_timeout_s
+ends with an OpenAI-shaped 504. Unset limits are sized from the engine's batch.
 """
 
 from __future__ import annotations
@@ -9,10 +11,15 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import base64
+
 import httpx
 import pytest
+from ray import serve
 from replicas import all_running, replica_actor_names
 from whisper_normalizer.english import EnglishTextNormalizer
+
+from serve_app.config import QUEUED_BATCHES, VoxtralModelConfig, WhisperModelConfig
 
 ONGOING, QUEUED = 2, 2
 CAPACITY = ONGOING + QUEUED
@@ -28,8 +35,15 @@ SMALL_MODEL = {
 
 
 @pytest.fixture(scope="module")
-def load_url(deploy_app) -> str:
-    return deploy_app("load", {"models": [SMALL_MODEL]})
+def load_url(deploy_app):
+    yield deploy_app("load", {"models": [SMALL_MODEL]})
+    serve.delete("load")
+
+
+@pytest.fixture(scope="module")
+def timeout_url(deploy_app):
+    yield deploy_app("timeout", {"models": [SMALL_MODEL], "limits": {"request_timeout_s": 0.5}})
+    serve.delete("timeout")
 
 
 def _client(url: str, clips: list[tuple[str, bytes, str]], offset: int) -> list[dict]:
@@ -74,3 +88,40 @@ def test_twice_capacity_gives_correct_answers_or_fast_503s(load_url, audio_dir, 
     assert replica_actor_names("load") == replicas_before
     assert all_running("load")
     print(f"\n{len(results)} requests in {took:.1f} s: {statuses.count(200)} x 200, {statuses.count(503)} x 503")
+
+
+def test_request_past_the_timeout_gets_504(timeout_url, audio_dir):
+    """An 11 s clip takes tiny.en well over the app's 0.5 s limit: the answer is a 504 soon after, never a hang."""
+    audio = (audio_dir / "en_jfk_inaugural_16k.wav").read_bytes()
+    started = time.monotonic()
+    r = httpx.post(f"{timeout_url}/v1/audio/transcriptions", files={"file": ("jfk.wav", audio, "audio/wav")}, timeout=60)
+    took = time.monotonic() - started
+    assert r.status_code == 504, r.text
+    assert r.json()["error"] == {
+        "message": "The request did not finish within 0.5 s.", "type": "server_error", "param": None, "code": "timeout",
+    }
+    assert took < 10
+
+    content = [{"type": "input_audio", "input_audio": {"data": base64.b64encode(audio).decode(), "format": "wav"}}]
+    body = {"model": "whisper-tiny.en", "stream": True, "messages": [{"role": "user", "content": content}]}
+    r = httpx.post(f"{timeout_url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 504, r.text  # a stream that has not started yet fails with a status, not inside a 200
+    assert r.json()["error"]["code"] == "timeout"
+    assert all_running("timeout")
+
+
+def test_unset_limits_are_sized_from_the_engine_batch():
+    whisper = WhisperModelConfig(name="w", whisper={"num_workers": 3}, deployment={"num_replicas": 2})
+    options = whisper.deployment.serve_options(batch=whisper.engine_batch())
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (3, QUEUED_BATCHES * 3 * 2)
+
+    voxtral = VoxtralModelConfig(
+        name="v", backend="voxtral", voxtral={"max_num_seqs": 16},
+        deployment={"num_replicas": "auto", "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
+    )
+    options = voxtral.deployment.serve_options(batch=voxtral.engine_batch())
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (16, QUEUED_BATCHES * 16 * 4)
+
+    explicit = WhisperModelConfig(name="e", deployment={"max_ongoing_requests": 5, "max_queued_requests": -1})
+    options = explicit.deployment.serve_options(batch=explicit.engine_batch())
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (5, -1)

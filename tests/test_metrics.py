@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import WHISPER_TEST_MODEL
+from ray import serve
 from prometheus_client.parser import text_string_to_metric_families
 
 APP = "metrics"
@@ -23,9 +24,10 @@ EXPORT_DELAY_S = 40  # Ray exports metrics every few seconds
 
 
 @pytest.fixture(scope="module")
-def app_url(deploy_app) -> str:
+def app_url(deploy_app):
     """An app of its own, so the counts below are exactly this module's traffic."""
-    return deploy_app(APP, {"models": [WHISPER_TEST_MODEL]})
+    yield deploy_app(APP, {"models": [WHISPER_TEST_MODEL]})
+    serve.delete(APP)
 
 
 def _scrape(metrics_url: str) -> list[tuple[str, dict, float]]:
