@@ -22,6 +22,10 @@ from serve_app.audio import decode_audio
 from serve_app.errors import APIError
 from serve_app.transcript import SAMPLE_RATE
 
+# libsndfile's seek callback in python-soundfile raises on a negative offset that a mutated mp3 asks for; cffi reports
+# and ignores it (the decode then fails or goes on, and its result is checked below like any other).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
 SEED_FILES = [
     "en_pocketsphinx_goforward.wav",
     "en_jfk_inaugural.flac",
