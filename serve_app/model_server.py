@@ -27,14 +27,16 @@ FAILURES_BEFORE_UNHEALTHY = 3
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, model: WhisperModelConfig | VoxtralModelConfig):
+    async def __init__(self, model: WhisperModelConfig | VoxtralModelConfig):
         started = time.perf_counter()
         gpu_share = model.deployment.ray_actor_options.get("num_gpus")
         self.name = model.name
         self.backend = make_backend(model, gpu_share=gpu_share)
         self.metrics = ModelMetrics(model.name)
         self.consecutive_failures = 0
-        log.info("model %s ready in %.2f s (load and warm-up)", model.name, time.perf_counter() - started)
+        loaded = time.perf_counter() - started
+        warm_up = await self.backend.warm_up()
+        log.info("model %s ready: load %.2f s, warm-up %.2f s", model.name, loaded, warm_up)
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         with self._serving("transcribe", options.request_id, duration_of(audio)):
@@ -74,6 +76,11 @@ class ModelServer:
             log_request(log, request_id, model=self.name, task=task, audio_s=audio_s, took_s=took, rtf=rtf)
         finally:
             self.metrics.finished()
+
+    def __del__(self):
+        shutdown = getattr(getattr(self, "backend", None), "shutdown", None)
+        if shutdown:
+            shutdown()
 
 
 class RemoteBackend:
