@@ -144,7 +144,7 @@ class IngressConfig(Strict):
 
 
 class AuthConfig(Strict):
-    """API keys for ``/v1`` routes, read when the ingress starts; never put keys in the config itself.
+    """API keys for every route but ``/health``, read when the ingress starts; never put keys in the config itself.
 
     Keys come from the environment variable ``api_keys_env`` (comma-separated) and the file ``api_keys_file``
     (one per line, ``#`` comments). No keys at all means the API is open.
