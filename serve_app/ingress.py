@@ -12,6 +12,8 @@ import binascii
 import json
 import logging
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 import numpy as np
@@ -22,8 +24,10 @@ from ray import serve
 
 from . import formats
 from .audio import decode_audio
+from .auth import bearer_token, key_matches, load_api_keys
 from .config import AppConfig
-from .errors import APIError, InvalidAudio, InvalidRequest, ModelNotFound, PayloadTooLarge
+from .errors import APIError, InvalidAudio, InvalidRequest, ModelNotFound, PayloadTooLarge, Unauthorized
+from .metrics import IngressMetrics, log_request
 from .model_server import RemoteBackend
 from .protocol import (
     AssistantMessage,
@@ -49,6 +53,26 @@ log = logging.getLogger("ray.serve")
 
 app = FastAPI(title="Speech-to-text (OpenAI-compatible)", version="0.1.0")
 _MULTIPART_OVERHEAD = 1 << 20
+_OPEN_PATHS = {"/health"}  # everything else needs an API key when keys are configured
+
+
+@dataclass
+class RequestInfo:
+    """What the middleware learns about a request in flight: its id (Serve's proxy sets X-Request-ID) and model."""
+
+    request_id: str
+    model: str = ""
+
+
+_request_info: ContextVar[RequestInfo | None] = ContextVar("request_info", default=None)
+
+
+def _current_request() -> RequestInfo:
+    info = _request_info.get()
+    if info is None:  # outside the HTTP middleware (direct calls)
+        info = RequestInfo(new_id("req"))
+        _request_info.set(info)
+    return info
 
 
 @app.middleware("http")
@@ -59,6 +83,57 @@ async def _reject_oversize_bodies(request: Request, call_next):
     if limit and length and length.isdigit() and int(length) > limit:
         return await _api_error(request, PayloadTooLarge(f"The request is larger than the limit of {limit} bytes."))
     return await call_next(request)
+
+
+@app.middleware("http")
+async def _require_api_key(request: Request, call_next):
+    """Bearer API keys (``auth`` in the config); 401 in OpenAI's shape when a key is missing or wrong."""
+    keys = getattr(request.app.state, "api_keys", None)
+    if keys and _route_path(request) not in _OPEN_PATHS:
+        token = bearer_token(request.headers.get("authorization"))
+        if token is None or not key_matches(token, keys):
+            message = "Missing API key: send 'Authorization: Bearer <key>'." if token is None else "Incorrect API key provided."
+            response = await _api_error(request, Unauthorized(message))
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+    return await call_next(request)
+
+
+@app.middleware("http")
+async def _observe(request: Request, call_next):
+    """Outermost: the request id for logs and backends, one log line and the request metrics per request."""
+    info = RequestInfo(request.headers.get("x-request-id") or new_id("req"))
+    _request_info.set(info)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response  # Serve's proxy returns the X-Request-ID header
+    finally:
+        took = time.perf_counter() - started
+        route = _route_label(request)
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.request_done(route, info.model, status, took)
+        log_request(log, info.request_id, route=route, model=info.model, status=status, took_s=took)
+
+
+def _route_path(request: Request) -> str:
+    """The path inside the app (without the route prefix the app is mounted at)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root):] or "/"
+    return path
+
+
+def _route_label(request: Request) -> str:
+    """A bounded metrics label: the matched route's template, or "other" for paths that match no route."""
+    route = request.scope.get("route")
+    if route is not None:
+        return route.path
+    path = _route_path(request)
+    return path if any(getattr(r, "path", None) == path for r in request.app.routes) else "other"
 
 
 # --- one error style: typed errors to OpenAI's error JSON ---
@@ -107,6 +182,20 @@ def _data_url(url: str) -> tuple[bytes, str | None]:
     return _b64(payload), header[: -len(";base64")] or None
 
 
+async def _started(deltas: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Wait for the first delta before the response starts, so an overloaded, failed or timed-out backend is
+    answered with its own status code rather than an error event inside a 200 stream."""
+    return _chain(await anext(deltas, None), deltas)
+
+
+async def _chain(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    if first is None:
+        return
+    yield first
+    async for delta in rest:
+        yield delta
+
+
 def _sse(events: AsyncIterator[dict], done_marker: bool = True) -> StreamingResponse:
     async def body():
         try:
@@ -153,11 +242,15 @@ class Ingress:
         self.limits = config.limits
         self.names = config.model_names()
         self.default_model = config.default_model or config.models[0].name
-        self.backends = {name: RemoteBackend(handle) for name, handle in models.items()}
+        self.backends = {name: RemoteBackend(handle, self.limits.request_timeout_s) for name, handle in models.items()}
         self.transcribers = {name: Transcriber(backend) for name, backend in self.backends.items()}
         self.kinds = {m.name: m.backend for m in config.models}
+        self.metrics = IngressMetrics()
         # base64 in chat requests inflates audio by 4/3; multipart adds a little.
         app.state.max_request_bytes = self.limits.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
+        app.state.api_keys = load_api_keys(config.auth)
+        app.state.metrics = self.metrics
+        log.info("API keys %s", f"required ({len(app.state.api_keys)} configured)" if app.state.api_keys else "not configured: the API is open")
 
     # --- routes ---
 
@@ -214,12 +307,12 @@ class Ingress:
             max_tokens=request.max_completion_tokens or request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
-            request_id=request_id,
+            request_id=_current_request().request_id,
         )
         deltas = self.backends[name].chat_stream(list(turns), options)
         model_id = request.model or name
         if request.stream:
-            return _sse(_chat_chunks(request_id, model_id, deltas))
+            return _sse(_chat_chunks(request_id, model_id, await _started(deltas)))
         text = "".join([d async for d in deltas])
         return JSONResponse(dump(ChatCompletion(id=request_id, model=model_id, choices=[Choice(message=AssistantMessage(content=text))])))
 
@@ -227,10 +320,13 @@ class Ingress:
 
     def _resolve(self, model: str | None) -> str:
         if not model:
-            return self.default_model
-        if model not in self.names:
+            name = self.default_model
+        elif model in self.names:
+            name = self.names[model]
+        else:
             raise ModelNotFound(f"The model {model!r} does not exist. Available: {', '.join(self.names)}.", param="model")
-        return self.names[model]
+        _current_request().model = name
+        return name
 
     async def _read_upload(self, file: UploadFile) -> bytes:
         if file.size is not None and file.size > self.limits.max_upload_bytes:
@@ -241,14 +337,18 @@ class Ingress:
         return data
 
     async def _decode(self, data: bytes, filename: str | None, content_type: str | None) -> np.ndarray:
-        return await asyncio.to_thread(
-            decode_audio,
-            data,
-            filename=filename,
-            content_type=content_type,
-            max_duration_s=self.limits.max_duration_s,
-            min_duration_s=self.limits.min_duration_s,
-        )
+        try:
+            return await asyncio.to_thread(
+                decode_audio,
+                data,
+                filename=filename,
+                content_type=content_type,
+                max_duration_s=self.limits.max_duration_s,
+                min_duration_s=self.limits.min_duration_s,
+            )
+        except APIError as e:
+            self.metrics.decode_failed(e.code)
+            raise
 
     async def _speech_to_text(
         self, task, file, model, language, prompt, response_format, temperature, granularities, stream, extra
@@ -267,17 +367,13 @@ class Ingress:
             temperature=temperature,
             task=task,
             word_timestamps="word" in granularities,
-            request_id=new_id("req"),
+            request_id=_current_request().request_id,
             **extra,
         )
-        started = time.perf_counter()
         if stream:
-            return _sse(_transcript_events(self.transcribers[name].stream(audio, options)), done_marker=False)
+            deltas = await _started(self.transcribers[name].stream(audio, options))
+            return _sse(_transcript_events(deltas), done_marker=False)
         transcript = await self.transcribers[name].transcribe(audio, options)
-        log.info(
-            "%s model=%s task=%s audio=%.2fs took=%.3fs",
-            options.request_id, name, task, transcript.duration, time.perf_counter() - started,
-        )
         body, media_type = formats.render(transcript, response_format, task)
         if isinstance(body, dict):
             return JSONResponse(body)

@@ -39,17 +39,30 @@ def audio_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def serve_instance():
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def serve_instance(metrics_port):
     import ray
     from ray import serve
 
     port = _free_port()
     # Logical CPUs beyond the 2 real cores let fractional replicas of several apps share the machine.
-    ray.init(address="local", num_cpus=6, include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=6, include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port
+    )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_url(serve_instance, metrics_port) -> str:
+    """Ray's Prometheus endpoint for the session cluster (metrics appear there some seconds after they are recorded)."""
+    return f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 @pytest.fixture(scope="session")
