@@ -18,6 +18,8 @@ class TranscribeOptions:
     task: str = "transcribe"  # or "translate"
     word_timestamps: bool = False
     request_id: str | None = None
+    # Bounds decoding for backends that generate freely (Voxtral); set by the Transcriber from the chunk's duration.
+    max_tokens: int | None = None
 
 
 @dataclass
