@@ -85,6 +85,65 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(APIError("The server had an error while processing your request.").to_dict(), status_code=500)
 
 
+# --- helpers of the routes. They must be defined above the class: @serve.ingress pickles the FastAPI app, and with it
+# the route methods' globals, when the class is decorated; a helper defined below the class is missing in replicas.
+
+
+def _b64(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidAudio("The audio data is not valid base64.", param="messages") from None
+
+
+def _data_url(url: str) -> tuple[bytes, str | None]:
+    """Only ``data:`` URLs are accepted: fetching arbitrary URLs from inside the cluster is a security risk."""
+    if not url.startswith("data:"):
+        raise InvalidRequest("audio_url must be a data: URL (data:audio/...;base64,...).", param="messages")
+    header, sep, payload = url[5:].partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise InvalidRequest("audio_url must be base64-encoded (data:audio/...;base64,...).", param="messages")
+    return _b64(payload), header[: -len(";base64")] or None
+
+
+def _sse(events: AsyncIterator[dict], done_marker: bool = True) -> StreamingResponse:
+    async def body():
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event)}\n\n"
+        except APIError as e:
+            yield f"data: {json.dumps(e.to_dict())}\n\n"
+        except Exception:
+            log.exception("stream failed")
+            yield f"data: {json.dumps({'error': {'message': 'internal error', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        if done_marker:
+            yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _chat_chunks(request_id: str, model: str, deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
+    created = int(time.time())
+
+    def chunk(delta: Delta, finish: str | None = None) -> dict:
+        return dump(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]))
+
+    yield chunk(Delta(role="assistant", content=""))
+    async for text in deltas:
+        if text:
+            yield chunk(Delta(content=text))
+    yield chunk(Delta(), "stop")
+
+
+async def _transcript_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
+    text = []
+    async for delta in deltas:
+        if delta:
+            text.append(delta)
+            yield dump(TranscriptTextDelta(delta=delta))
+    yield dump(TranscriptTextDone(text="".join(text).strip()))
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -234,58 +293,3 @@ class Ingress:
                 fmt = part.input_audio.format
                 parts.append(await self._decode(_b64(part.input_audio.data), f"audio.{fmt}" if fmt else None, None))
         return ChatTurn(role=message.role, parts=tuple(parts))
-
-
-def _b64(data: str) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidAudio("The audio data is not valid base64.", param="messages") from None
-
-
-def _data_url(url: str) -> tuple[bytes, str | None]:
-    """Only ``data:`` URLs are accepted: fetching arbitrary URLs from inside the cluster is a security risk."""
-    if not url.startswith("data:"):
-        raise InvalidRequest("audio_url must be a data: URL (data:audio/...;base64,...).", param="messages")
-    header, sep, payload = url[5:].partition(",")
-    if not sep or not header.endswith(";base64"):
-        raise InvalidRequest("audio_url must be base64-encoded (data:audio/...;base64,...).", param="messages")
-    return _b64(payload), header[: -len(";base64")] or None
-
-
-def _sse(events: AsyncIterator[dict], done_marker: bool = True) -> StreamingResponse:
-    async def body():
-        try:
-            async for event in events:
-                yield f"data: {json.dumps(event)}\n\n"
-        except APIError as e:
-            yield f"data: {json.dumps(e.to_dict())}\n\n"
-        except Exception:
-            log.exception("stream failed")
-            yield f"data: {json.dumps({'error': {'message': 'internal error', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
-        if done_marker:
-            yield "data: [DONE]\n\n"
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _chat_chunks(request_id: str, model: str, deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
-    created = int(time.time())
-
-    def chunk(delta: Delta, finish: str | None = None) -> dict:
-        return dump(ChatCompletionChunk(id=request_id, created=created, model=model, choices=[ChunkChoice(delta=delta, finish_reason=finish)]))
-
-    yield chunk(Delta(role="assistant", content=""))
-    async for text in deltas:
-        if text:
-            yield chunk(Delta(content=text))
-    yield chunk(Delta(), "stop")
-
-
-async def _transcript_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
-    text = []
-    async for delta in deltas:
-        if delta:
-            text.append(delta)
-            yield dump(TranscriptTextDelta(delta=delta))
-    yield dump(TranscriptTextDone(text="".join(text).strip()))
