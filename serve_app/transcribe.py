@@ -46,7 +46,7 @@ class Transcriber:
                 yield result.text if first else " " + result.text
                 first = False
 
-    async def chunks(self, audio: np.ndarray) -> list[Chunk]:
+    async def _chunks(self, audio: np.ndarray) -> list[Chunk]:
         """Where the backend is called: nothing when the VAD hears no speech, the whole audio when it is short."""
         whole = [Chunk(0, len(audio))]
         if not self.chunking.enabled:
@@ -59,7 +59,7 @@ class Transcriber:
     async def _results(self, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[ChunkResult]:
         """All chunks start at once (up to ``max_parallel_chunks``); their results come back in order."""
         limit = asyncio.Semaphore(self.chunking.max_parallel_chunks)  # per request
-        tasks = [asyncio.ensure_future(self._chunk(audio, c, options, limit)) for c in await self.chunks(audio)]
+        tasks = [asyncio.ensure_future(self._chunk(audio, c, options, limit)) for c in await self._chunks(audio)]
         try:
             for task in tasks:
                 yield await task
