@@ -85,8 +85,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(APIError("The server had an error while processing your request.").to_dict(), status_code=500)
 
 
-# --- helpers of the routes. They must be defined above the class: @serve.ingress pickles the FastAPI app, and with it
-# the route methods' globals, when the class is decorated; a helper defined below the class is missing in replicas.
+# --- helpers of the routes ---
+# They must be defined above the class: serve.ingress(app) freezes a cloudpickled copy of the app and its routes
+# when the class is decorated, and a global defined after that point is missing from the copy (NameError).
 
 
 def _b64(data: str) -> bytes:
@@ -185,9 +186,12 @@ class Ingress:
         temperature: float = Form(0.0, ge=0.0, le=1.0),
         timestamp_granularities: list[str] = Form([], alias="timestamp_granularities[]"),
         stream: bool = Form(False),
+        max_tokens: Optional[int] = Form(None, ge=1),
+        ignore_eos: bool = Form(False),
     ) -> Response:
+        extra = {"max_tokens": max_tokens, "ignore_eos": ignore_eos}
         return await self._speech_to_text(
-            "transcribe", file, model, language, prompt, response_format, temperature, timestamp_granularities, stream
+            "transcribe", file, model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra
         )
 
     @app.post("/v1/audio/translations")
@@ -199,7 +203,7 @@ class Ingress:
         response_format: ResponseFormat = Form("json"),
         temperature: float = Form(0.0, ge=0.0, le=1.0),
     ) -> Response:
-        return await self._speech_to_text("translate", file, model, None, prompt, response_format, temperature, [], False)
+        return await self._speech_to_text("translate", file, model, None, prompt, response_format, temperature, [], False, {})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: ChatCompletionRequest) -> Response:
@@ -247,7 +251,7 @@ class Ingress:
         )
 
     async def _speech_to_text(
-        self, task, file, model, language, prompt, response_format, temperature, granularities, stream
+        self, task, file, model, language, prompt, response_format, temperature, granularities, stream, extra
     ) -> Response:
         name = self._resolve(model)
         unknown = set(granularities) - {"segment", "word"}
@@ -264,6 +268,7 @@ class Ingress:
             task=task,
             word_timestamps="word" in granularities,
             request_id=new_id("req"),
+            **extra,
         )
         started = time.perf_counter()
         if stream:

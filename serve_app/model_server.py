@@ -19,11 +19,13 @@ log = logging.getLogger("ray.serve")
 
 @serve.deployment
 class ModelServer:
-    def __init__(self, model: WhisperModelConfig | VoxtralModelConfig):
+    async def __init__(self, model: WhisperModelConfig | VoxtralModelConfig):
         started = time.perf_counter()
         gpu_share = model.deployment.ray_actor_options.get("num_gpus")
         self.backend = make_backend(model, gpu_share=gpu_share)
-        log.info("model %s ready in %.2f s (load and warm-up)", model.name, time.perf_counter() - started)
+        loaded = time.perf_counter() - started
+        warm_up = await self.backend.warm_up()
+        log.info("model %s ready: load %.2f s, warm-up %.2f s", model.name, loaded, warm_up)
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         return await self.backend.transcribe(audio, options)
@@ -34,6 +36,11 @@ class ModelServer:
 
     async def check_health(self) -> None:
         await self.backend.check_health()
+
+    def __del__(self):
+        shutdown = getattr(getattr(self, "backend", None), "shutdown", None)
+        if shutdown:
+            shutdown()
 
 
 class RemoteBackend:

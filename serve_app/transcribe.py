@@ -70,9 +70,11 @@ class Transcriber:
     async def _chunk(
         self, audio: np.ndarray, chunk: Chunk, options: TranscribeOptions, limit: asyncio.Semaphore
     ) -> ChunkResult:
-        max_tokens = max(self.chunking.min_max_tokens, math.ceil(chunk.duration_s * self.chunking.max_tokens_per_s))
+        if options.max_tokens is None:  # a request's own max_tokens (a benchmark's, say) applies to each chunk as is
+            bound = math.ceil(chunk.duration_s * self.chunking.max_tokens_per_s)
+            options = replace(options, max_tokens=max(self.chunking.min_max_tokens, bound))
         async with limit:
-            t = await self.backend.transcribe(audio[chunk.start : chunk.end], replace(options, max_tokens=max_tokens))
+            t = await self.backend.transcribe(audio[chunk.start : chunk.end], options)
         return place(t, chunk, self.chunking.cut_repetitions)
 
 

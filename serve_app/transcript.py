@@ -18,8 +18,11 @@ class TranscribeOptions:
     task: str = "transcribe"  # or "translate"
     word_timestamps: bool = False
     request_id: str | None = None
-    # Bounds decoding for backends that generate freely (Voxtral); set by the Transcriber from the chunk's duration.
+    # Extensions (vLLM-style) for generative backends: a cap on output tokens, and generation that ignores the
+    # end-of-sequence token so benchmarks with random weights produce a fixed length. A request without max_tokens
+    # gets one per chunk from the Transcriber, bounded by the chunk's duration (Whisper ignores both).
     max_tokens: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -85,6 +88,10 @@ class Backend(Protocol):
     def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]: ...
 
     async def check_health(self) -> None: ...
+
+    async def warm_up(self) -> float:
+        """Run one small request so the first user does not pay for lazy initialisation; returns seconds spent."""
+        ...
 
 
 def duration_of(audio: np.ndarray) -> float:

@@ -84,3 +84,33 @@ WHISPER_TEST_MODEL = {
 def base_url(deploy_app) -> str:
     """The default test app: the embedded Whisper tiny.en (Voxtral tests deploy their own app)."""
     return deploy_app("stt", {"models": [WHISPER_TEST_MODEL]})
+
+
+@pytest.fixture(scope="session")
+def tiny_voxtral_dir(tmp_path_factory) -> Path:
+    """A tiny randomly initialised Voxtral in Mistral format, built by the project's own checkpoint command."""
+    from serve_app.voxtral_checkpoint import build
+
+    return build(tmp_path_factory.mktemp("tiny-voxtral"), size="tiny")
+
+
+def tiny_voxtral_model(checkpoint: Path, name: str = "voxtral-tiny") -> dict:
+    return {
+        "name": name,
+        "backend": "voxtral",
+        "voxtral": {
+            "model": str(checkpoint),
+            "device": "cpu",
+            "enforce_eager": True,
+            "max_model_len": 2048,
+            "max_num_seqs": 8,
+            "kv_cache_memory_bytes": 64 << 20,
+        },
+        "deployment": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16},
+    }
+
+
+@pytest.fixture(scope="session")
+def voxtral_url(deploy_app, tiny_voxtral_dir) -> str:
+    """An app serving the tiny Voxtral through the real vLLM engine (CPU build) beside the embedded Whisper."""
+    return deploy_app("vox", {"models": [tiny_voxtral_model(tiny_voxtral_dir), WHISPER_TEST_MODEL]})

@@ -49,10 +49,12 @@ class WhisperBackend:
         )
         self.capabilities = Capabilities(translate=self.model.model.is_multilingual, chat=False, word_timestamps=True)
         self._pool = ThreadPoolExecutor(config.num_workers, thread_name_prefix="whisper")
-        load_s = time.perf_counter() - started
+        log.info("whisper %s loaded in %.2f s", config.model_path(), time.perf_counter() - started)
+
+    async def warm_up(self) -> float:
         started = time.perf_counter()
-        self._transcribe_sync(np.zeros(SAMPLE_RATE, np.float32), TranscribeOptions(language="en"))
-        log.info("whisper %s loaded in %.2f s, warm-up %.2f s", config.model_path(), load_s, time.perf_counter() - started)
+        await self.transcribe(np.zeros(SAMPLE_RATE, np.float32), TranscribeOptions(language="en"))
+        return time.perf_counter() - started
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         if options.task == "translate" and not self.capabilities.translate:

@@ -1,0 +1,286 @@
+"""GPU benchmarks of the Voxtral path through the project's own Serve app (and the engine directly), as JSON.
+
+    # the shared card: a neighbour holds 50 GiB and churns 4 GiB while our app starts at num_gpus 0.15 and serves
+    python benchmarks/bench_gpu.py shared-card --model-dir /tmp/voxtral-full --audio-dir .bench-audio --out out.json
+    # speed: latency per clip length at several concurrencies, throughput, GPU memory; HTTP and engine-direct
+    python benchmarks/bench_gpu.py speed --preset default --engine-direct --model-dir ... --audio-dir ... --out ...
+
+The model is a full-size Voxtral-Mini-3B-shaped checkpoint (``python -m serve_app.voxtral_checkpoint DIR --size full``)
+served with ``load_format: dummy``; output lengths are fixed (``ignore_eos``) so random weights cost what a real
+transcript of that length costs. All traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from loadgen import ClipMaker, run_load, speech_pool, wav_bytes  # noqa: E402
+
+# Clip length -> output tokens of a real transcript of that length (the anchors' cases).
+CASES = {3: 23, 10: 38, 30: 108}
+PRESETS = {
+    # The seed's settings: eager mode, 4 sequences.
+    "seed": dict(enforce_eager=True, max_num_seqs=4),
+    # The product's defaults (serve_config.yaml).
+    "default": dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=8192, enable_prefix_caching=False),
+}
+
+
+def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: int = 64, num_gpus: float = 0.15) -> dict:
+    return {
+        "name": "voxtral",
+        "backend": "voxtral",
+        "voxtral": {"model": model_dir, "load_format": "dummy", "max_model_len": 4096, **PRESETS[preset]},
+        "deployment": {
+            "num_replicas": replicas,
+            "max_ongoing_requests": max_ongoing,
+            "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 2 if num_gpus else 0.5},
+        },
+    }
+
+
+def gpu_memory() -> dict:
+    try:
+        return _nvidia_smi()
+    except (OSError, ValueError) as e:
+        return {"error": f"nvidia-smi: {e}"}
+
+
+def _nvidia_smi() -> dict:
+    q = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    apps = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    name, used, total = [x.strip() for x in q.split(",")]
+    procs = []
+    for line in filter(None, apps.splitlines()):
+        pid, pname, mem = [x.strip() for x in line.split(",")]
+        procs.append({"pid": int(pid), "name": pname, "used_mib": int(mem)})
+    return {"gpu": name, "used_mib": int(used), "total_mib": int(total), "processes": procs}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(app_args: dict) -> str:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        os.environ["BENCH_PORT"] = str(port)
+    started = time.perf_counter()
+    serve.run(build_app(app_args), name="stt", route_prefix="/")
+    print(f"serve app up in {time.perf_counter() - started:.1f} s", flush=True)
+    return f"http://127.0.0.1:{os.environ['BENCH_PORT']}"
+
+
+def http_sender(base_url: str, max_tokens: int):
+    import httpx
+
+    client = httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=512, max_keepalive_connections=512))
+
+    async def send(clip: np.ndarray):
+        data = {"model": "voxtral", "language": "en", "max_tokens": str(max_tokens), "ignore_eos": "true"}
+        r = await client.post(f"{base_url}/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(clip))}, data=data)
+        r.raise_for_status()
+        return r
+
+    return send
+
+
+def direct_sender(backend, max_tokens: int):
+    from serve_app.transcript import TranscribeOptions
+
+    async def send(clip: np.ndarray):
+        return await backend.transcribe(clip, TranscribeOptions(language="en", max_tokens=max_tokens, ignore_eos=True))
+
+    return send
+
+
+def requests_for(concurrency: int, seconds: int, budget_audio_s: float) -> int:
+    n = max(10, 2 * concurrency) if concurrency > 1 else 12
+    return int(max(concurrency, min(n, budget_audio_s // seconds)))
+
+
+async def matrix(make_sender, maker: ClipMaker, concurrencies: list[int], budget_audio_s: float) -> list[dict]:
+    rows = []
+    for seconds, tokens in CASES.items():
+        send = make_sender(tokens)
+        await run_load(send, [maker.clip(seconds) for _ in range(4)], 4)  # warm-up at this shape
+        for c in concurrencies:
+            clips = [maker.clip(seconds) for _ in range(requests_for(c, seconds, budget_audio_s))]
+            row = {"clip_s": seconds, "output_tokens": tokens, **await run_load(send, clips, c)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+async def throughput_128(make_sender, maker: ClipMaker, n: int) -> dict:
+    send = make_sender(CASES[10])
+    row = {"clip_s": 10, "output_tokens": CASES[10], **await run_load(send, [maker.clip(10) for _ in range(n)], 128)}
+    print(json.dumps({"throughput_128": row}), flush=True)
+    return row
+
+
+async def side_by_side(http_send, direct_send, maker: ClipMaker, n: int = 20) -> dict:
+    """Serve + HTTP overhead at concurrency 1: the same clips, alternately through each path."""
+    out = {}
+    for seconds in (3, 10):
+        h, d = [], []
+        for _ in range(n):
+            clip = maker.clip(seconds)
+            for send, acc in ((http_send[seconds], h), (direct_send[seconds], d)):
+                t = time.perf_counter()
+                await send(clip)
+                acc.append(time.perf_counter() - t)
+        out[f"{seconds}s"] = {
+            "http_p50_s": round(float(np.median(h)), 4),
+            "direct_p50_s": round(float(np.median(d)), 4),
+            "overhead_p50_ms": round(1000 * (float(np.median(h)) - float(np.median(d))), 1),
+        }
+    print(json.dumps({"side_by_side": out}), flush=True)
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return {
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "vllm": __import__("vllm").__version__,
+        "ray": __import__("ray").__version__,
+    }
+
+
+def cmd_shared_card(a) -> dict:
+    ready = Path("/tmp/neighbour.ready")
+    ready.unlink(missing_ok=True)
+    neighbour = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_neighbour.py"), "--hold-gib", str(a.hold_gib),
+         "--churn-gib", str(a.churn_gib), "--seconds", "900", "--ready-file", str(ready)]
+    )  # fmt: skip
+    try:
+        while not ready.exists():
+            if neighbour.poll() is not None:
+                raise RuntimeError("the neighbour process failed to start")
+            time.sleep(0.5)
+        before = gpu_memory()
+        base = start_serve({"models": [voxtral_model(a.model_dir, "default")]})
+        after_start = gpu_memory()
+        maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=1)
+        import httpx
+
+        answers = []
+        for seconds in (3, 10, 30, 10, 3):
+            r = httpx.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(maker.clip(seconds)))},
+                           data={"model": "voxtral", "response_format": "verbose_json"}, timeout=120)  # fmt: skip
+            answers.append({"clip_s": seconds, "status": r.status_code, "duration": r.json().get("duration"), "text_chars": len(r.json().get("text", ""))})
+        load = asyncio.run(run_load(http_sender(base, CASES[10]), [maker.clip(10) for _ in range(64)], 32))
+        during = gpu_memory()
+    finally:
+        neighbour.terminate()
+        neighbour.wait(30)
+    ours = [p for p in during["processes"] if p["pid"] != neighbour.pid]
+    share_mib = 0.15 * during["total_mib"]
+    return {
+        "what": "Voxtral-shaped full-size model (dummy weights) at num_gpus 0.15 beside a neighbour holding"
+        f" {a.hold_gib} GiB and churning {a.churn_gib} GiB",
+        "neighbour_pid": neighbour.pid,
+        "memory_before_our_app": before,
+        "memory_after_start": after_start,
+        "memory_under_load": during,
+        "our_processes_mib": sum(p["used_mib"] for p in ours),
+        "share_mib": round(share_mib),
+        "within_share": sum(p["used_mib"] for p in ours) <= share_mib,
+        "answers": answers,
+        "load_c32_10s": load,
+    }
+
+
+def cmd_speed(a) -> dict:
+    maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=2)
+    concurrencies = [int(c) for c in a.concurrency.split(",")]
+    result: dict = {"preset": a.preset, "engine": PRESETS[a.preset], "replicas": a.replicas}
+    base = start_serve({"models": [voxtral_model(a.model_dir, a.preset, a.replicas, a.max_ongoing, a.num_gpus)]})
+    result["gpu_memory_serving"] = gpu_memory()
+    result["http"] = asyncio.run(matrix(lambda t: http_sender(base, t), maker, concurrencies, a.budget_audio_s))
+    result["http_throughput_128"] = asyncio.run(throughput_128(lambda t: http_sender(base, t), maker, a.throughput_n))
+    if a.engine_direct:
+        from serve_app.backends.voxtral import VoxtralBackend
+        from serve_app.config import VoxtralModelConfig
+
+        model = VoxtralModelConfig.model_validate(voxtral_model(a.model_dir, a.preset))
+        backend = VoxtralBackend(model.voxtral, gpu_share=a.num_gpus or None)
+        asyncio.run(backend.warm_up())
+        result["gpu_memory_both"] = gpu_memory()
+
+        async def both():
+            http = {s: http_sender(base, t) for s, t in CASES.items()}
+            direct = {s: direct_sender(backend, t) for s, t in CASES.items()}
+            return await side_by_side(http, direct, maker)
+
+        result["side_by_side_c1"] = asyncio.run(both())
+        result["direct"] = asyncio.run(matrix(lambda t: direct_sender(backend, t), maker, concurrencies, a.budget_audio_s))
+        result["direct_throughput_128"] = asyncio.run(throughput_128(lambda t: direct_sender(backend, t), maker, a.throughput_n))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["shared-card", "speed"])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--audio-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--max-ongoing", type=int, default=64)
+    p.add_argument("--engine-direct", action="store_true")
+    p.add_argument("--num-gpus", type=float, default=0.15, help="the replica's GPU share (0: a CPU dry run)")
+    p.add_argument("--concurrency", default="1,8,32,128")
+    p.add_argument("--budget-audio-s", type=float, default=2000, help="audio seconds per case at most")
+    p.add_argument("--throughput-n", type=int, default=384)
+    p.add_argument("--hold-gib", type=float, default=50)
+    p.add_argument("--churn-gib", type=float, default=4)
+    a = p.parse_args()
+    started = time.time()
+    result = {"command": " ".join(sys.argv), "machine": machine()}
+    result |= cmd_shared_card(a) if a.command == "shared-card" else cmd_speed(a)
+    result["wall_s"] = round(time.time() - started, 1)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("http", "direct")}, indent=1)[:6000])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""A bounded load generator: distinct clips, a fixed number of requests at a fixed concurrency, latency statistics.
+
+Each request gets different audio (a random window of real speech plus faint noise), so no cache can help. The
+target is an async callable taking a 16 kHz float32 array: our HTTP API on 127.0.0.1, or the engine directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+
+def speech_pool(paths: list[Path]) -> np.ndarray:
+    """Real speech from the given files, decoded and concatenated (the source of every benchmark clip)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from serve_app.audio import load_file
+
+    return np.concatenate([load_file(str(p), max_duration_s=3600) for p in paths])
+
+
+class ClipMaker:
+    def __init__(self, pool: np.ndarray, seed: int = 0):
+        self.pool = pool
+        self.rng = np.random.default_rng(seed)
+
+    def clip(self, seconds: float) -> np.ndarray:
+        n = int(seconds * SAMPLE_RATE)
+        reps = int(np.ceil(n / len(self.pool))) + 1
+        source = np.tile(self.pool, reps) if reps > 1 else self.pool
+        start = int(self.rng.integers(0, len(source) - n))
+        noise = self.rng.normal(0, 1e-3, n).astype(np.float32)
+        return (source[start : start + n] + noise).astype(np.float32)
+
+
+def wav_bytes(audio: np.ndarray) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+async def run_load(
+    send: Callable[[np.ndarray], Awaitable[object]],
+    clips: list[np.ndarray],
+    concurrency: int,
+    timeout_s: float = 300.0,
+) -> dict:
+    """Send every clip once, ``concurrency`` at a time; returns latency percentiles and throughput."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for c in clips:
+        queue.put_nowait(c)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker():
+        while not queue.empty():
+            clip = queue.get_nowait()
+            started = time.perf_counter()
+            try:
+                await asyncio.wait_for(send(clip), timeout_s)
+                latencies.append(time.perf_counter() - started)
+            except Exception as e:  # counted and reported, never hidden
+                errors.append(f"{type(e).__name__}: {e}"[:200])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
+    return {
+        "concurrency": concurrency,
+        "requests": len(clips),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "p50_s": round(percentile(latencies, 50), 4),
+        "p95_s": round(percentile(latencies, 95), 4),
+        "mean_s": round(float(np.mean(latencies)), 4) if latencies else None,
+        "wall_s": round(wall, 3),
+        "audio_s_per_s": round(audio_s / wall, 1),
+    }

@@ -1,0 +1,139 @@
+"""GPU memory as a byte budget: a replica with ``num_gpus: f`` may hold ``f x device memory``, whoever else is on the card.
+
+vLLM sizes its memory from ``gpu_memory_utilization`` minus what it sees in use, so next to a neighbour that holds
+most of the card it finds "no available memory for the cache blocks"; ``kv_cache_memory_bytes`` alone fails vLLM's
+start-up check against its default utilization of 0.92. Passing both holds: the share as the utilization (what the
+start-up check asks to be free) and an explicit KV cache of share - weights - activations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import VoxtralConfig
+
+GiB = 1 << 30
+
+# Checkpoint sizes (bf16) of models whose weights are not on this machine, for planning without them.
+KNOWN_WEIGHTS_BYTES = {"mistralai/Voxtral-Mini-3B-2507": 9_360_000_000}
+
+
+class BudgetError(ValueError):
+    """The configured share of the GPU cannot hold the model: raised at deploy time, before the engine starts."""
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    device_bytes: int
+    share: float
+    weights_bytes: int
+    activation_bytes: int
+    kv_cache_bytes: int
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.share * self.device_bytes)
+
+    def engine_args(self) -> dict:
+        return {"gpu_memory_utilization": self.share, "kv_cache_memory_bytes": self.kv_cache_bytes}
+
+    def describe(self) -> str:
+        return (
+            f"share {self.share:g} of {_gib(self.device_bytes)} = {_gib(self.budget_bytes)}: weights {_gib(self.weights_bytes)}"
+            f" + activations {_gib(self.activation_bytes)} + KV cache {_gib(self.kv_cache_bytes)}"
+        )
+
+
+def _gib(n: int | float) -> str:
+    return f"{n / GiB:.2f} GiB"
+
+
+def weights_bytes(config: VoxtralConfig) -> int:
+    """Bytes of weights: from the config, the checkpoint's files, its params.json, or a table of known models."""
+    if config.weights_bytes:
+        return config.weights_bytes
+    path = Path(config.model)
+    if path.is_dir():
+        files = list(path.glob("consolidated*.safetensors")) or list(path.glob("*.safetensors"))
+        if files and config.load_format != "dummy":
+            return sum(f.stat().st_size for f in files)
+        if (path / "params.json").exists():
+            return _bytes_from_params(json.loads((path / "params.json").read_text()), config.dtype)
+    if config.model in KNOWN_WEIGHTS_BYTES:
+        return KNOWN_WEIGHTS_BYTES[config.model]
+    raise BudgetError(f"Cannot tell the size of {config.model!r}'s weights: set voxtral.weights_bytes in the config.")
+
+
+def _bytes_from_params(p: dict, dtype: str) -> int:
+    """Parameter count of a Mistral-format Voxtral from its params.json (decoder, audio encoder and adapter)."""
+    q, kv = p["n_heads"] * p["head_dim"], p["n_kv_heads"] * p["head_dim"]
+    layer = p["dim"] * (2 * q + 2 * kv) + 3 * p["dim"] * p["hidden_dim"] + 2 * p["dim"]
+    n = p["n_layers"] * layer + 2 * p["vocab_size"] * p["dim"] + p["dim"]
+    whisper = p.get("multimodal", {}).get("whisper_model_args")
+    if whisper:
+        e = whisper["encoder_args"]
+        eq = e["n_heads"] * e["head_dim"]
+        n += e["n_layers"] * (4 * e["dim"] * eq + 2 * e["dim"] * e["hidden_dim"] + 9 * e["dim"] + 2 * eq + e["hidden_dim"])
+        mels = e["audio_encoding_args"]["num_mel_bins"]
+        n += e["dim"] * mels * 3 + e["dim"] * e["dim"] * 3 + 4 * e["dim"]
+        n += p["dim"] * e["dim"] * whisper["downsample_args"]["downsample_factor"] + p["dim"] * p["dim"]
+    bytes_per = 4 if dtype in ("float32", "float") else 2
+    return n * bytes_per
+
+
+def kv_bytes_per_token(model: str) -> int | None:
+    path = Path(model) / "params.json"
+    if not path.exists():
+        return 2 * 30 * 8 * 128 * 2 if model in KNOWN_WEIGHTS_BYTES else None
+    p = json.loads(path.read_text())
+    return 2 * p["n_layers"] * p["n_kv_heads"] * p["head_dim"] * 2
+
+
+def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> MemoryPlan:
+    """The bytes this replica may use and how they split; raises BudgetError if the model does not fit its share."""
+    weights = weights_bytes(config)
+    activations = config.activation_reserve_bytes
+    budget = int(share * device_bytes)
+    kv = config.kv_cache_memory_bytes or budget - weights - activations
+    plan = MemoryPlan(device_bytes, share, weights, activations, kv)
+    per_token = kv_bytes_per_token(config.model)
+    needed_kv = per_token * config.max_model_len if per_token else 1
+    if kv < needed_kv or weights + activations + kv > budget:
+        raise BudgetError(
+            f"{config.model} does not fit its GPU share: {plan.describe()} exceeds the budget, or the KV cache is"
+            f" below one full sequence ({_gib(needed_kv)} for max_model_len {config.max_model_len}). Raise num_gpus,"
+            " lower max_model_len, or set kv_cache_memory_bytes."
+        )
+    return plan
+
+
+def check_free_memory(plan: MemoryPlan, free_bytes: int, device_name: str = "the GPU") -> None:
+    """At start-up the share must be free on the card this replica landed on, whatever the neighbours hold."""
+    if free_bytes < plan.budget_bytes:
+        raise BudgetError(
+            f"{device_name} has {_gib(free_bytes)} free of {_gib(plan.device_bytes)}, less than this replica's share"
+            f" ({plan.describe()}). Other processes hold more of the card than Ray's fractional GPUs allow for."
+        )
+
+
+def plan_for_this_gpu(config: VoxtralConfig, share: float) -> MemoryPlan:
+    """Plan against the GPU Ray gave this replica, and check that the share is free on it now."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info()
+    plan = plan_memory(config, share, total)
+    check_free_memory(plan, free, torch.cuda.get_device_name())
+    return plan
+
+
+def max_concurrent_sequences(plan: MemoryPlan, config: VoxtralConfig, tokens_per_sequence: int) -> int:
+    per_token = kv_bytes_per_token(config.model) or 1
+    return max(1, math.floor(plan.kv_cache_bytes / per_token / max(1, tokens_per_sequence)))
+
+
+def visible_gpu() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -1,0 +1,112 @@
+"""The GPU byte budget (deploy-time check) and the planner over whole Serve configs, including over-committed ones."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serve_app import planner
+from serve_app.config import VoxtralConfig
+from serve_app.gpu_budget import GiB, BudgetError, check_free_memory, plan_memory, weights_bytes
+from serve_app.voxtral_checkpoint import build
+
+REPO = Path(__file__).resolve().parents[1]
+H100 = int(79.6 * GiB)
+
+
+@pytest.fixture(scope="module")
+def full_size_dir(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("full"), size="full")  # params.json + tekken.json, no weights file
+
+
+def test_full_size_weights_match_the_real_checkpoint(full_size_dir):
+    n = weights_bytes(VoxtralConfig(model=str(full_size_dir), load_format="dummy"))
+    assert n == pytest.approx(8.72 * GiB, rel=0.01)  # the real Voxtral-Mini-3B-2507 is 8.72 GiB in bf16
+
+
+def test_tiny_weights_are_the_files_on_disk(tiny_voxtral_dir):
+    n = weights_bytes(VoxtralConfig(model=str(tiny_voxtral_dir)))
+    assert n == (tiny_voxtral_dir / "consolidated.safetensors").stat().st_size
+
+
+def test_share_015_of_h100_fits_and_splits_into_bytes(full_size_dir):
+    config = VoxtralConfig(model=str(full_size_dir), load_format="dummy")
+    plan = plan_memory(config, 0.15, H100)
+    assert plan.weights_bytes + plan.activation_bytes + plan.kv_cache_bytes == plan.budget_bytes
+    assert 1.5 * GiB < plan.kv_cache_bytes < 3 * GiB  # about 16-21 k tokens of KV at 120 KiB per token
+    assert plan.engine_args() == {"gpu_memory_utilization": 0.15, "kv_cache_memory_bytes": plan.kv_cache_bytes}
+
+
+def test_share_too_small_for_weights_names_the_numbers(full_size_dir):
+    config = VoxtralConfig(model=str(full_size_dir), load_format="dummy")
+    with pytest.raises(BudgetError, match=r"share 0\.1 of 79\.60 GiB = 7\.96 GiB: weights 8\.7\d GiB"):
+        plan_memory(config, 0.10, H100)
+
+
+def test_explicit_kv_cache_over_the_share_is_refused(full_size_dir):
+    config = VoxtralConfig(model=str(full_size_dir), load_format="dummy", kv_cache_memory_bytes=4 * GiB)
+    with pytest.raises(BudgetError, match="does not fit its GPU share"):
+        plan_memory(config, 0.15, H100)
+
+
+def test_neighbours_holding_the_share_fail_at_deploy_time(full_size_dir):
+    plan = plan_memory(VoxtralConfig(model=str(full_size_dir), load_format="dummy"), 0.15, H100)
+    check_free_memory(plan, free_bytes=26 * GiB)  # a neighbour holds 54 GiB: our 11.9 GiB share is still free
+    with pytest.raises(BudgetError, match=r"has 8\.00 GiB free of 79\.60 GiB"):
+        check_free_memory(plan, free_bytes=8 * GiB, device_name="GPU 0")
+
+
+def _run_planner(tmp_path, config: dict, *args: str) -> tuple[int, str]:
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = planner.main([str(path), *args])
+    return code, out.getvalue()
+
+
+@pytest.fixture
+def production() -> dict:
+    return yaml.safe_load((REPO / "serve_config.yaml").read_text())
+
+
+def test_planner_accepts_the_production_config(tmp_path, production):
+    code, out = _run_planner(tmp_path, production, "--gpus", "1", "--gpu-memory-gib", "80")
+    assert code == 0, out
+    assert "stt/voxtral-mini" in out and "llm/qwen2.5-7b-instruct" in out
+    assert "OVER-COMMITTED" not in out
+    used = float(out.split("GPU 0: ")[1].split(" of")[0])
+    assert used == pytest.approx(0.5 + 2 * 0.15 + 0.1)
+
+
+def test_planner_flags_an_over_committed_gpu(tmp_path, production):
+    crowded = copy.deepcopy(production)
+    voxtral = crowded["applications"][0]["args"]["models"][0]
+    voxtral["deployment"]["autoscaling_config"]["max_replicas"] = 4  # 0.5 + 4 x 0.15 + 0.1 > 1
+    code, out = _run_planner(tmp_path, crowded, "--gpus", "1")
+    assert code == 1
+    assert "OVER-COMMITTED: stt/voxtral-mini (0.15 GPU) does not fit" in out
+    code, _ = _run_planner(tmp_path, crowded, "--gpus", "2")
+    assert code == 0
+
+
+def test_planner_flags_a_share_too_small_for_the_model(tmp_path, production):
+    small = copy.deepcopy(production)
+    small["applications"][0]["args"]["models"][0]["deployment"]["ray_actor_options"]["num_gpus"] = 0.1
+    code, out = _run_planner(tmp_path, small, "--gpu-memory-gib", "80")
+    assert code == 1 and "does not fit its GPU share" in out
+
+
+def test_planner_counts_deployment_overrides_of_other_apps(tmp_path, production):
+    other = copy.deepcopy(production)
+    other["applications"].append(
+        {"name": "tts", "import_path": "tts_app:app", "deployments": [{"name": "TTS", "num_replicas": 1, "ray_actor_options": {"num_gpus": 0.2}}]}
+    )
+    code, out = _run_planner(tmp_path, other, "--gpus", "1")
+    assert code == 1 and "tts/TTS" in out

@@ -1,0 +1,156 @@
+"""Voxtral end to end: HTTP -> ingress -> ModelServer -> vLLM AsyncLLM (CPU build) with a tiny random Voxtral.
+
+Random weights make no sense of speech, but they do make the engine's output depend on the audio, so these tests
+check the plumbing (prompt, audio features, sampling, every response format, chat, streaming) for real.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+MODEL = "voxtral-tiny"
+
+
+def wav_bytes(audio: np.ndarray, sr: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(voxtral_url) -> openai.OpenAI:
+    return openai.OpenAI(base_url=voxtral_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def speech(audio_dir) -> bytes:
+    return (audio_dir / "en_jfk_inaugural_16k.wav").read_bytes()
+
+
+def test_models_lists_voxtral(client):
+    ids = {m.id for m in client.models.list().data}
+    assert {MODEL, "whisper-tiny.en", "whisper-1"} <= ids
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "verbose_json", "srt", "vtt"])
+def test_transcription_every_format(client, speech, fmt):
+    out = client.audio.transcriptions.create(model=MODEL, file=("jfk.wav", speech), response_format=fmt, language="en")
+    if fmt == "json":
+        assert out.text.strip()
+    elif fmt == "text":
+        assert isinstance(out, str) and out.strip()
+    elif fmt == "verbose_json":
+        assert out.duration == pytest.approx(11.0, abs=0.05)
+        assert out.segments and out.segments[0].start == 0.0 and out.segments[-1].end <= out.duration + 1e-6
+        assert out.text.strip() == " ".join(s.text.strip() for s in out.segments)
+    elif fmt == "srt":
+        assert out.startswith("1\n00:00:00,000 --> 00:00:11,000\n")
+    else:
+        assert out.startswith("WEBVTT\n\n00:00:00.000 --> 00:00:11.000\n")
+
+
+def test_speech_and_silence_differ(client, speech):
+    silence = wav_bytes(np.zeros(16000 * 11, np.float32))
+    a = client.audio.transcriptions.create(model=MODEL, file=("s.wav", speech), language="en").text
+    b = client.audio.transcriptions.create(model=MODEL, file=("z.wav", silence), language="en").text
+    again = client.audio.transcriptions.create(model=MODEL, file=("s.wav", speech), language="en").text
+    assert a == again, "temperature 0 must be deterministic"
+    assert a != b
+
+
+def test_max_tokens_bounded_by_duration(client):
+    """A 1 s clip may produce at most ~8 tokens/s + 16: random weights never stop early, so this bound shows."""
+    short = wav_bytes(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))
+    out = client.audio.transcriptions.create(model=MODEL, file=("n.wav", short))
+    long = client.audio.transcriptions.create(model=MODEL, file=("n.wav", short * 1))
+    assert 0 < len(out.text) and len(out.text) == len(long.text)
+    assert len(out.text) < 200
+
+
+def test_translation_is_served(client, speech):
+    out = client.audio.translations.create(model=MODEL, file=("jfk.wav", speech))
+    assert out.text.strip()
+
+
+def _chat_audio_url(data: bytes) -> list[dict]:
+    b64 = base64.b64encode(data).decode()
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "audio_url", "audio_url": {"url": f"data:audio/wav;base64,{b64}"}},
+                {"type": "text", "text": "What is said in this audio?"},
+            ],
+        }
+    ]
+
+
+def test_chat_with_audio_url(client, speech):
+    out = client.chat.completions.create(model=MODEL, messages=_chat_audio_url(speech), max_tokens=12)
+    assert out.object == "chat.completion"
+    assert out.choices[0].message.role == "assistant" and out.choices[0].message.content
+
+
+def test_chat_with_input_audio_differs_by_audio(client, speech):
+    silence = wav_bytes(np.zeros(16000 * 11, np.float32))
+
+    def ask(data):
+        msg = [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}},
+            {"type": "text", "text": "Transcribe."},
+        ]}]  # fmt: skip
+        return client.chat.completions.create(model=MODEL, messages=msg, max_tokens=12).choices[0].message.content
+
+    assert ask(speech) != ask(silence)
+
+
+def test_streaming_chat(client, speech):
+    stream = client.chat.completions.create(model=MODEL, messages=_chat_audio_url(speech), max_tokens=12, stream=True)
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    full = client.chat.completions.create(model=MODEL, messages=_chat_audio_url(speech), max_tokens=12)
+    assert len(chunks) > 3 and chunks[-1].choices[0].finish_reason == "stop"
+    assert text == full.choices[0].message.content
+
+
+def test_seed_client_request_shape(voxtral_url, speech):
+    """The raw JSON the old vLLM server's clients send, byte for byte, over plain HTTP."""
+    body = {"model": MODEL, "messages": _chat_audio_url(speech), "temperature": 0.0, "max_tokens": 8}
+    r = httpx.post(voxtral_url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize(
+    "files, status",
+    [
+        ({"file": ("x.wav", b"")}, 400),
+        ({"file": ("x.wav", np.random.default_rng(1).bytes(4000))}, 400),
+        ({"file": ("x.txt", b"hello world")}, 415),
+    ],
+)
+def test_bad_audio_is_4xx(voxtral_url, files, status):
+    r = httpx.post(voxtral_url + "/v1/audio/transcriptions", files=files, data={"model": MODEL}, timeout=60)
+    assert r.status_code == status and r.json()["error"]["message"]
+
+
+def test_audio_over_context_is_400(voxtral_url):
+    """2048 tokens of context hold about 160 s of audio at 12.5 tokens/s: 200 s must be refused, not crash."""
+    long = wav_bytes(np.random.default_rng(2).normal(0, 0.05, 16000 * 200).astype(np.float32))
+    r = httpx.post(voxtral_url + "/v1/audio/transcriptions", files={"file": ("l.wav", long)}, data={"model": MODEL}, timeout=120)
+    assert r.status_code == 400, r.text
+    ok = httpx.post(voxtral_url + "/v1/audio/transcriptions", files={"file": ("s.wav", wav_bytes(np.zeros(16000, np.float32)))}, data={"model": MODEL}, timeout=60)
+    assert ok.status_code == 200
+
+
+def test_chat_rejects_non_data_url(voxtral_url):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1/x.wav"}}]}]}
+    r = httpx.post(voxtral_url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
