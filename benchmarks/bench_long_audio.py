@@ -132,6 +132,12 @@ def main() -> None:
         if "concurrent" in timed and other in timed:
             result[f"speedup_concurrent_vs_{other}"] = round(timed[other]["median_s"] / timed["concurrent"]["median_s"], 2)
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    busiest = max(result["machine"]["load_average_before"][0], result["machine"]["load_average_after"][0])
+    if busiest > (os.cpu_count() or 1):
+        result["note"] = (
+            f"Shared machine: the load average ({busiest}) was above the {os.cpu_count()} cores, so other processes "
+            "took much of the CPU; concurrency can only show where cores are free."
+        )
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
