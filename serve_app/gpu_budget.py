@@ -9,8 +9,9 @@ start-up check asks to be free) and an explicit KV cache of share - weights - ac
 from __future__ import annotations
 
 import json
-import math
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,18 +123,21 @@ def check_free_memory(plan: MemoryPlan, free_bytes: int, device_name: str = "the
 
 def plan_for_this_gpu(config: VoxtralConfig, share: float) -> MemoryPlan:
     """Plan against the GPU Ray gave this replica, and check that the share is free on it now."""
-    import torch
-
-    free, total = torch.cuda.mem_get_info()
+    free, total, name = gpu_memory_info()
     plan = plan_memory(config, share, total)
-    check_free_memory(plan, free, torch.cuda.get_device_name())
+    check_free_memory(plan, free, name)
     return plan
 
 
-def max_concurrent_sequences(plan: MemoryPlan, config: VoxtralConfig, tokens_per_sequence: int) -> int:
-    per_token = kv_bytes_per_token(config.model) or 1
-    return max(1, math.floor(plan.kv_cache_bytes / per_token / max(1, tokens_per_sequence)))
+def gpu_memory_info() -> tuple[int, int, str]:
+    """(free, total, name) of this process's GPU, read in a short-lived child process.
 
-
-def visible_gpu() -> str | None:
-    return os.environ.get("CUDA_VISIBLE_DEVICES")
+    Asking torch here would create a CUDA context in the replica (about 0.5 GiB that the engine's own process does not
+    need) and keep it for the replica's life; the child's context is released when it exits.
+    """
+    code = "import torch; f, t = torch.cuda.mem_get_info(); print(f, t, torch.cuda.get_device_name())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    if out.returncode != 0:
+        raise BudgetError(f"Cannot read this replica's GPU memory: {out.stderr.strip()[-500:]}")
+    free, total, name = out.stdout.strip().split(" ", 2)
+    return int(free), int(total), name

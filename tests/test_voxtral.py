@@ -175,3 +175,23 @@ def test_chat_rejects_non_data_url(voxtral_url):
     body = {"model": MODEL, "messages": [{"role": "user", "content": [{"type": "audio_url", "audio_url": {"url": "http://127.0.0.1/x.wav"}}]}]}
     r = httpx.post(voxtral_url + "/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("seconds, language", [(1.0, None), (3.0, "en"), (29.9, "fr"), (31.0, None)])
+def test_cached_transcription_prompt_equals_encode_transcription(tiny_voxtral_dir, seconds, language):
+    """The per-length token cache must give exactly what mistral_common's encode_transcription gives."""
+    from mistral_common.protocol.transcription.request import TranscriptionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from serve_app.backends.voxtral import _wav_bytes, transcription_prompt
+
+    instruct = MistralTokenizer.from_file(str(tiny_voxtral_dir / "tekken.json")).instruct_tokenizer
+    audio = np.random.default_rng(3).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
+    expected = instruct.encode_transcription(TranscriptionRequest(audio=_wav_bytes(audio), language=language))
+    cache: dict = {}
+    for _ in range(2):  # computed, then served from the cache
+        got = transcription_prompt(instruct, audio, language, cache)
+        assert got["prompt_token_ids"] == expected.tokens
+        (array, sr), = got["multi_modal_data"]["audio"]
+        assert sr == 16000 and np.allclose(array, expected.audios[0].audio_array, atol=1e-6)
+    assert len(cache) == 1

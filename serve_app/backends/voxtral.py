@@ -67,6 +67,7 @@ class VoxtralBackend:
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
+        self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
         log.info("voxtral %s loaded on %s in %.1f s (%s)", config.model, self.device, time.perf_counter() - started, memory)
 
     def _memory_args(self, gpu_share: float | None) -> dict:
@@ -94,10 +95,8 @@ class VoxtralBackend:
             prompt = self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))])
         else:
             prompt = self._transcription_prompt(audio, options.language)
-        deltas = self._generate(
-            prompt, self._max_tokens(duration, options), options.temperature, 1.0, options.request_id, options.ignore_eos
-        )
-        text = "".join([d async for d in deltas])
+        max_tokens = self._max_tokens(duration, options)
+        text = await self._complete(prompt, max_tokens, options.temperature, options.request_id, options.ignore_eos)
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
         return Transcript(text=text, language=options.language, duration=duration, segments=segments)
@@ -129,13 +128,7 @@ class VoxtralBackend:
         return min(bound, options.max_tokens) if options.max_tokens else bound
 
     def _transcription_prompt(self, audio: np.ndarray, language: str | None) -> dict:
-        from mistral_common.protocol.transcription.request import TranscriptionRequest
-
-        try:
-            request = TranscriptionRequest(model=self.config.model, audio=_wav_bytes(audio), language=language)
-        except ValueError as e:
-            raise InvalidRequest(f"Invalid transcription request: {e}", param="language") from None
-        return _prompt(self.tokenizer.instruct.encode_transcription(request))
+        return transcription_prompt(self.tokenizer.instruct, audio, language, self._prompt_tokens)
 
     def _chat_prompt(self, turns: list[ChatTurn]) -> dict:
         from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
@@ -161,25 +154,43 @@ class VoxtralBackend:
             raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
         return _prompt(tokenized)
 
-    async def _generate(
-        self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None, ignore_eos: bool = False
-    ) -> AsyncIterator[str]:
-        from vllm import SamplingParams
+    async def _complete(self, prompt: dict, max_tokens: int, temperature: float, request_id: str | None, ignore_eos: bool) -> str:
+        """One finished answer: the engine neither detokenizes nor sends anything until the request is done."""
         from vllm.sampling_params import RequestOutputKind
 
-        if len(prompt["prompt_token_ids"]) + 1 > self.config.max_model_len:
+        params = self._params(prompt, max_tokens, temperature, 1.0, ignore_eos, RequestOutputKind.FINAL_ONLY, detokenize=False)
+        token_ids: list[int] = []
+        async for output in self._run(prompt, params, request_id):
+            token_ids = output.outputs[0].token_ids
+        return self.tokenizer.decode(list(token_ids))
+
+    async def _generate(self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None) -> AsyncIterator[str]:
+        """Text deltas as the engine produces them (streaming)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        params = self._params(prompt, max_tokens, temperature, top_p, False, RequestOutputKind.DELTA, detokenize=True)
+        async for output in self._run(prompt, params, request_id):
+            yield output.outputs[0].text
+
+    def _params(self, prompt: dict, max_tokens: int, temperature: float, top_p: float, ignore_eos: bool, kind, detokenize: bool):
+        from vllm import SamplingParams
+
+        n_prompt = len(prompt["prompt_token_ids"])
+        if n_prompt + 1 > self.config.max_model_len:
             raise InvalidRequest(
-                f"The audio and text need {len(prompt['prompt_token_ids'])} tokens, over this model's limit of"
-                f" {self.config.max_model_len}. Send shorter audio."
+                f"The audio and text need {n_prompt} tokens, over this model's limit of {self.config.max_model_len}."
+                " Send shorter audio."
             )
-        max_tokens = max(1, min(max_tokens, self.config.max_model_len - len(prompt["prompt_token_ids"])))
-        params = SamplingParams(
-            temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=RequestOutputKind.DELTA
+        max_tokens = max(1, min(max_tokens, self.config.max_model_len - n_prompt))
+        return SamplingParams(
+            temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=kind, detokenize=detokenize
         )
+
+    async def _run(self, prompt: dict, params, request_id: str | None):
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         try:
             async for output in self.engine.generate(prompt, params, request_id=rid):
-                yield output.outputs[0].text
+                yield output
         except asyncio.CancelledError:
             await self.engine.abort(rid)
             raise
@@ -189,6 +200,25 @@ class VoxtralBackend:
             if isinstance(e, EngineDeadError):
                 raise BackendUnavailable("The vLLM engine died; the replica is being replaced.") from None
             raise
+
+
+def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cache: dict) -> dict:
+    """Voxtral's transcription prompt, as ``encode_transcription`` builds it, without a WAV round trip per request.
+
+    The tokens depend only on the padded length and the language, so they are computed once per pair (on silence
+    of that length) and kept in ``cache``; the audio goes to the engine as the padded array itself.
+    """
+    from mistral_common.protocol.transcription.request import TranscriptionRequest
+
+    padded = instruct.audio_encoder.pad(audio, SAMPLE_RATE)
+    key = (len(padded), language)
+    if key not in cache:
+        try:
+            request = TranscriptionRequest(audio=_wav_bytes(np.zeros(len(padded), np.float32)), language=language)
+        except ValueError as e:
+            raise InvalidRequest(f"Invalid transcription request: {e}", param="language") from None
+        cache[key] = instruct.encode_transcription(request).tokens
+    return {"prompt_token_ids": cache[key], "multi_modal_data": {"audio": [(padded, SAMPLE_RATE)]}}
 
 
 def _device(setting: str) -> str:
