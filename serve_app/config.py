@@ -130,6 +130,29 @@ class LimitsConfig(Strict):
     request_timeout_s: float = Field(600.0, gt=0)
 
 
+class ChunkingConfig(Strict):
+    """Long audio: voice-activity detection cuts a request into speech chunks that the backend transcribes concurrently.
+
+    Every request is checked by the VAD when enabled: audio with no speech gets an empty transcript without calling
+    the backend. Audio longer than ``chunk_above_s`` is cut into chunks of at most ``max_chunk_s``; shorter audio goes
+    to the backend whole.
+    """
+
+    enabled: bool = True
+    max_chunk_s: float = Field(30.0, ge=2, le=600)
+    chunk_above_s: float = Field(30.0, ge=0, description="audio up to this long is sent whole; 0 always cuts")
+    max_gap_s: float = Field(3.0, gt=0, description="a silence longer than this always ends a chunk")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Silero speech probability that starts speech")
+    min_silence_ms: int = Field(300, ge=0, description="silence that ends a speech region")
+    min_speech_ms: int = Field(100, ge=0, description="speech regions shorter than this are dropped")
+    speech_pad_ms: int = Field(200, ge=0)
+    vad_threads: int = Field(4, ge=1, description="threads that run the VAD over slices of one long file")
+    max_parallel_chunks: int = Field(32, ge=1, description="chunks of one request in flight at once; 1 = in order")
+    max_tokens_per_s: float = Field(8.0, gt=0, description="bounds each chunk's max_tokens by its duration")
+    min_max_tokens: int = Field(32, ge=1)
+    cut_repetitions: bool = Field(True, description="truncate a runaway n-gram loop at the end of a chunk's text")
+
+
 class IngressConfig(Strict):
     # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve's proxy
     # answers 503 with Retry-After (a plain-text body: the proxy writes it, not our handlers).
@@ -158,6 +181,7 @@ class AppConfig(Strict):
     models: list[ModelConfig] = Field(default_factory=lambda: [WhisperModelConfig(name="whisper-tiny.en", aliases=["whisper-1"])])
     default_model: str | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

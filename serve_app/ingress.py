@@ -243,7 +243,7 @@ class Ingress:
         self.names = config.model_names()
         self.default_model = config.default_model or config.models[0].name
         self.backends = {name: RemoteBackend(handle, self.limits.request_timeout_s) for name, handle in models.items()}
-        self.transcribers = {name: Transcriber(backend) for name, backend in self.backends.items()}
+        self.transcribers = {name: Transcriber(backend, config.chunking) for name, backend in self.backends.items()}
         self.kinds = {m.name: m.backend for m in config.models}
         self.metrics = IngressMetrics()
         # base64 in chat requests inflates audio by 4/3; multipart adds a little.

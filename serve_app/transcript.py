@@ -19,7 +19,8 @@ class TranscribeOptions:
     word_timestamps: bool = False
     request_id: str | None = None
     # Extensions (vLLM-style) for generative backends: a cap on output tokens, and generation that ignores the
-    # end-of-sequence token so benchmarks with random weights produce a fixed length.
+    # end-of-sequence token so benchmarks with random weights produce a fixed length. A request without max_tokens
+    # gets one per chunk from the Transcriber, bounded by the chunk's duration (Whisper ignores both).
     max_tokens: int | None = None
     ignore_eos: bool = False
 

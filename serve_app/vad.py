@@ -1,0 +1,155 @@
+"""Voice-activity detection: cuts audio into speech chunks with the Silero VAD that faster-whisper ships (offline ONNX).
+
+The model gives one speech probability per 32 ms window. Speech regions are found with a hysteresis threshold, padded,
+and packed in order into chunks of at most ``max_chunk_s``; a region longer than that is cut at its quietest window.
+Silence between chunks is dropped. A chunk keeps its place in the audio, so a time inside it is an offset from
+``chunk.start_s``.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import ChunkingConfig
+from .transcript import SAMPLE_RATE
+
+WINDOW = 512  # samples per speech probability (32 ms)
+_WINDOW_MS = WINDOW * 1000 / SAMPLE_RATE
+# Silero misses speech quieter than about -50 dBFS, and quiet speech soon after loud speech, so the audio is first
+# brought to full scale by its loudest sample within 5 s either side (in 100 ms blocks). A stretch whose peak is below
+# -80 dBFS (digital silence, dither) is left alone rather than amplified into noise.
+_SILENCE_PEAK = 1e-4
+_GAIN_BLOCK = SAMPLE_RATE // 10
+_GAIN_REACH_BLOCKS = 50
+# The model is recurrent over windows: a slice run on its own starts with 8 s of the audio before it to settle.
+_WARM_UP_WINDOWS = 250
+_MIN_SLICE_WINDOWS = 1875  # 60 s: shorter audio is not worth splitting over threads
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stretch of the request's audio, in samples (end exclusive)."""
+
+    start: int
+    end: int
+
+    @property
+    def start_s(self) -> float:
+        return self.start / SAMPLE_RATE
+
+    @property
+    def end_s(self) -> float:
+        return self.end / SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end - self.start) / SAMPLE_RATE
+
+
+def speech_chunks(audio: np.ndarray, config: ChunkingConfig) -> list[Chunk]:
+    """The speech in ``audio`` as ordered, non-overlapping chunks of at most ``config.max_chunk_s``; [] if none."""
+    probs = speech_probabilities(audio, config.vad_threads)
+    regions = speech_regions(
+        probs, config.threshold, _windows(config.min_silence_ms), _windows(config.min_speech_ms)
+    )
+    regions = padded(regions, _windows(config.speech_pad_ms), len(probs))
+    max_len = int(config.max_chunk_s * 1000 / _WINDOW_MS)
+    packed = pack(regions, probs, max_len, _windows(config.max_gap_s * 1000))
+    return [Chunk(s * WINDOW, min(e * WINDOW, len(audio))) for s, e in packed]
+
+
+def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
+    """One Silero speech probability per 32 ms window; long audio runs as slices on ``threads`` threads."""
+    from faster_whisper.vad import get_vad_model  # loaded once per process, on first use
+
+    model = get_vad_model()
+    if len(audio) == 0:
+        return np.zeros(0, np.float32)
+    windows = np.pad(normalised(audio), (0, -len(audio) % WINDOW)).reshape(-1, WINDOW)
+    n = len(windows)
+    parts = max(1, min(threads, n // _MIN_SLICE_WINDOWS))
+    bounds = np.linspace(0, n, parts + 1).astype(int)
+
+    def run(lo: int, hi: int) -> np.ndarray:
+        start = max(0, lo - _WARM_UP_WINDOWS)
+        # A copy: the model writes into its input's last window.
+        return model(windows[start:hi].copy().reshape(-1)).reshape(-1)[lo - start :]
+
+    if parts == 1:
+        return run(0, n)
+    with ThreadPoolExecutor(parts, thread_name_prefix="vad") as pool:  # onnxruntime releases the GIL
+        return np.concatenate(list(pool.map(run, bounds[:-1], bounds[1:])))
+
+
+def normalised(audio: np.ndarray) -> np.ndarray:
+    """``audio`` scaled, 100 ms at a time, by the loudest sample within 5 s either side (see ``_SILENCE_PEAK``)."""
+    blocks = np.pad(np.abs(audio), (0, -len(audio) % _GAIN_BLOCK)).reshape(-1, _GAIN_BLOCK).max(axis=1)
+    reach = _GAIN_REACH_BLOCKS
+    local_peak = np.lib.stride_tricks.sliding_window_view(np.pad(blocks, reach), 2 * reach + 1).max(axis=1)
+    gain = np.where(local_peak > _SILENCE_PEAK, 1 / np.maximum(local_peak, _SILENCE_PEAK), 1.0)
+    return (audio * np.repeat(gain, _GAIN_BLOCK)[: len(audio)]).astype(np.float32)
+
+
+def speech_regions(probs: np.ndarray, threshold: float, min_silence: int, min_speech: int) -> list[tuple[int, int]]:
+    """Runs of speech as window ranges [start, end): speech starts at ``threshold`` and ends after ``min_silence``
+    windows below ``threshold - 0.15`` (between the two, speech goes on); runs shorter than ``min_speech`` are dropped.
+    """
+    low = max(threshold - 0.15, 0.01)
+    regions: list[tuple[int, int]] = []
+    start = silent_since = None
+    for i, p in enumerate(probs.tolist()):
+        if start is None:
+            if p >= threshold:
+                start, silent_since = i, None
+        elif p < low:
+            if silent_since is None:
+                silent_since = i
+            if i + 1 - silent_since >= min_silence:
+                regions.append((start, silent_since))
+                start = None
+        elif p >= threshold:
+            silent_since = None
+    if start is not None:
+        regions.append((start, len(probs) if silent_since is None else silent_since))
+    return [(s, e) for s, e in regions if e - s >= max(min_speech, 1)]
+
+
+def padded(regions: list[tuple[int, int]], pad: int, n: int) -> list[tuple[int, int]]:
+    """Each region widened by ``pad`` windows, but never past the midpoint of the silence to its neighbour."""
+    out = []
+    for i, (s, e) in enumerate(regions):
+        lo = max(s - pad, 0 if i == 0 else (regions[i - 1][1] + s) // 2)
+        hi = min(e + pad, n if i == len(regions) - 1 else (e + regions[i + 1][0]) // 2)
+        out.append((lo, hi))
+    return out
+
+
+def pack(regions: list[tuple[int, int]], probs: np.ndarray, max_len: int, max_gap: int) -> list[tuple[int, int]]:
+    """Regions merged in order into chunks of at most ``max_len`` windows; a silence over ``max_gap`` ends a chunk.
+
+    A region longer than ``max_len`` is cut at its least speech-like window in the second half of each piece (the
+    latest such window on a tie).
+    """
+    pieces = []
+    for s, e in regions:
+        while e - s > max_len:
+            lo = s + max_len // 2
+            tail = probs[lo : s + max_len][::-1]
+            cut = s + max_len - 1 - int(np.argmin(tail))
+            pieces.append((s, cut))
+            s = cut
+        pieces.append((s, e))
+    chunks: list[tuple[int, int]] = []
+    for s, e in pieces:
+        if chunks and e - chunks[-1][0] <= max_len and s - chunks[-1][1] <= max_gap:
+            chunks[-1] = (chunks[-1][0], e)
+        else:
+            chunks.append((s, e))
+    return chunks
+
+
+def _windows(ms: float) -> int:
+    return int(round(ms / _WINDOW_MS))
