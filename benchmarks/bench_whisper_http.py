@@ -177,6 +177,31 @@ async def concurrent(path, clips: list[Clip], concurrency: int) -> tuple[list[Re
     return results, time.perf_counter() - started
 
 
+def server_processes(path_name: str, peer_pid: int) -> list:
+    """The processes doing a path's work: this one (direct), every Ray process we started (http), the peer's."""
+    import psutil
+
+    me = psutil.Process()
+    if path_name == "direct":
+        return [me]
+    peer = psutil.Process(peer_pid)
+    peer_tree = [peer, *peer.children(recursive=True)]
+    if path_name == "peer":
+        return peer_tree
+    return [p for p in me.children(recursive=True) if p.pid not in {q.pid for q in peer_tree}]
+
+
+def cpu_seconds(processes: list) -> dict[int, float]:
+    out = {}
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except Exception:  # exited meanwhile
+            pass
+    return out
+
+
 # --- statistics ---
 
 
@@ -392,7 +417,7 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=REPO / "serve_config_cpu.yaml")
     p.add_argument("--clips", nargs="+", default=DEFAULT_CLIPS)
     p.add_argument("--repeats", type=int, default=3, help="passes over the clip set at concurrency 1")
-    p.add_argument("--rounds", type=int, default=2, help="rounds at concurrency 4 (each: the clip set --passes times)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds at concurrency 4 (each: the clip set --passes times)")
     p.add_argument("--passes", type=int, default=2, help="clip-set passes per concurrency-4 round")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--long-repeats", type=int, default=1, help="runs of the 53 s clip per path (0: skip it)")
@@ -453,8 +478,12 @@ async def run(opts) -> dict:
         c4: dict[str, list] = {path.name: [] for path in paths}
         for r in range(opts.rounds):
             for path in rotated(paths, r):
+                processes = server_processes(path.name, peer_proc.pid)
+                before = cpu_seconds(processes)
                 results, wall = await concurrent(path, clips * opts.passes, opts.concurrency)
-                c4[path.name].append((results, wall))
+                after = cpu_seconds(processes)
+                cpu = sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
+                c4[path.name].append((results, wall, cpu))
         layers = serve_layer_times(serve_logs)
     finally:
         for path in paths:
@@ -475,13 +504,18 @@ async def run(opts) -> dict:
         measured[path.name] = {"c1": latency_stats(mine, by_name), "wer": wer_report(mine, by_name)}
         if path.name in c4:
             rounds = c4[path.name]
-            throughputs = [audio_per_round / wall for _, wall in rounds]
-            stats = latency_stats([r for results, _ in rounds for r in results], by_name)
+            throughputs = [audio_per_round / wall for _, wall, _ in rounds]
+            cpu_per_audio_s = statistics.median(cpu / audio_per_round for _, _, cpu in rounds)
+            stats = latency_stats([r for results, _, _ in rounds for r in results], by_name)
             del stats["per_clip"]
             measured[path.name][cN] = {
                 **stats,
                 "throughput_audio_s_per_s": round(statistics.median(throughputs), 3),
                 "throughput_per_round": [round(t, 3) for t in throughputs],
+                # CPU time of the path's server processes per audio-second (its efficiency, far less sensitive to
+                # other load than wall time) and the cores it kept busy (its parallelism, bounded by its CPU share).
+                "server_cpu_s_per_audio_s": round(cpu_per_audio_s, 4),
+                "server_cores_used": round(statistics.median(cpu / wall for _, wall, cpu in rounds), 2),
             }
         long_mine = [r for r in long_c1 if r.path == path.name]
         if long_mine:
@@ -519,6 +553,11 @@ async def run(opts) -> dict:
         f"http_{cN}_throughput_over_peer": throughput_vs_peer,
         f"http_{cN}_throughput_over_peer_target": 1.5,
         f"http_{cN}_throughput_over_peer_met": throughput_vs_peer >= 1.5,
+        # Peer's CPU-seconds per audio-second over ours: what decides throughput when every path gets the same
+        # CPU share (a machine oversubscribed by other work); on idle cores, parallelism decides.
+        f"http_{cN}_cpu_efficiency_over_peer": ratio(
+            measured["peer"][cN]["server_cpu_s_per_audio_s"], measured["http"][cN]["server_cpu_s_per_audio_s"]
+        ),
         "wer": {name: measured[name]["wer"]["wer"] for name in measured},
         "http_wer_not_worse_than_peer_met": measured["http"]["wer"]["wer"] <= measured["peer"]["wer"]["wer"],
     }
