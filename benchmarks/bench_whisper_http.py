@@ -436,6 +436,8 @@ def main() -> None:
 async def run(opts) -> dict:
     from serve_app.config import AppConfig
 
+    if not os.path.exists(opts.peer_python):
+        raise SystemExit(f"no peer at {opts.peer_python}: create it as the docstring of {__file__} says")
     started = time.perf_counter()
     app_args = yaml.safe_load(opts.config.read_text())["applications"][0]["args"]
     config = AppConfig.model_validate(app_args)
