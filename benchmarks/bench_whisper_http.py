@@ -259,10 +259,9 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 4) if b else float("nan")
 
 
-# Serve's request logs: "<request id> -- POST /v1/... 200 12.3ms" (proxy, ingress), "... -- CALL transcribe OK 9.8ms"
-# (model replica), and the ingress's own "... took=0.123s" around the backend call.
+# Serve's access logs: "<request id> -- POST /v1/... 200 12.3ms" (proxy, ingress), "... -- CALL transcribe OK 9.8ms"
+# (model replica).
 _LAYER_LINE = re.compile(r" (\S+) -- (?:POST \S+ \d+|CALL transcribe OK) ([\d.]+)ms$")
-_TOOK_LINE = re.compile(r" (\S+) -- req-\S+ .* took=([\d.]+)s$")
 _LAYER_LOGS = {"proxy": "proxy_*.log", "ingress": "replica_stt_ingress_*.log", "model": "replica_stt_model-*.log"}
 
 
@@ -274,8 +273,6 @@ def serve_layer_times(log_dir: Path) -> dict[str, dict[str, float]]:
             for line in f.read_text().splitlines():
                 if m := _LAYER_LINE.search(line):
                     times.setdefault(m[1], {})[layer] = float(m[2]) / 1000
-                elif m := _TOOK_LINE.search(line):
-                    times.setdefault(m[1], {})["backend_call"] = float(m[2])
     return times
 
 
@@ -286,14 +283,14 @@ def http_breakdown(c1: list[Result], layers: dict[str, dict[str, float]]) -> dic
     parts: dict[str, list[float]] = {}
     for r in c1:
         t = layers.get(r.request_id or "", {})
-        if r.path != "http" or len(t) < 4:
+        if r.path != "http" or len(t) < 3:
             continue
         d = direct[(r.clip, r.repeat)]
         for name, value in {
             "client_to_proxy_s": r.latency_s - t["proxy"],  # TCP, multipart upload, the proxy's HTTP parsing
             "proxy_to_ingress_s": t["proxy"] - t["ingress"],
-            "ingress_own_s": t["ingress"] - t["backend_call"],  # read upload, decode, render JSON
-            "handle_hop_s": t["backend_call"] - t["model"],  # the audio array over a Serve handle, and back
+            # the body fetched from the proxy, multipart, decoding, the VAD check, the handle hop there and back, JSON
+            "ingress_own_s": t["ingress"] - t["model"],
             "model_replica_s": t["model"],
             "direct_transcribe_s": d.latency_s - d.decode_s,  # the same work in this process, without decoding
             "direct_decode_s": d.decode_s,
@@ -301,7 +298,7 @@ def http_breakdown(c1: list[Result], layers: dict[str, dict[str, float]]) -> dic
         }.items():
             parts.setdefault(name, []).append(value)
     out = {name: round(statistics.median(v), 4) for name, v in parts.items()}
-    out["requests"] = len(parts.get("handle_hop_s", []))
+    out["requests"] = len(parts.get("ingress_own_s", []))
     return out
 
 
