@@ -72,7 +72,7 @@ def _decode_soundfile(data: bytes, max_duration_s: float) -> np.ndarray | None:
                 block = f.read(min(_BLOCK, limit - n), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
-                blocks.append(block.mean(axis=1))
+                blocks.append(_mixdown(block))
                 n += len(block)
     except PayloadTooLarge:
         raise
@@ -113,6 +113,15 @@ def _decode_pyav(data: bytes, max_duration_s: float) -> np.ndarray | None:
     if n >= limit:
         raise _too_long(max_duration_s)
     return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+
+
+def _mixdown(block: np.ndarray) -> np.ndarray:
+    """Average the channels of (frames, channels). A matrix-vector product: ``mean(axis=1)`` over interleaved
+    frames is ~30 times slower (about 1 ms per 64k stereo frames, a third of decoding a 44.1 kHz FLAC)."""
+    channels = block.shape[1]
+    if channels == 1:
+        return block[:, 0]
+    return block @ np.full(channels, 1.0 / channels, dtype=np.float32)
 
 
 def _resample(audio: np.ndarray, sr: int) -> np.ndarray:
