@@ -28,7 +28,7 @@ import pyarrow as pa
 from .audio import decode_audio
 from .backends import make_backend
 from .batch_io import AUDIO_EXTENSIONS, Inputs, OutputDir, resolve_inputs
-from .config import AppConfig, LimitsConfig, load_serve_config
+from .config import AppConfig, LimitsConfig, VoxtralModelConfig, WhisperModelConfig, load_serve_config
 from .errors import APIError
 from .formats import RENDERERS
 from .transcribe import Transcriber
@@ -84,7 +84,7 @@ class TranscribeActor:
     event loop, so an async backend (whisper's thread pool, vLLM's AsyncLLM) keeps its loop between batches and
     the files of a batch are transcribed concurrently."""
 
-    def __init__(self, model, options: TranscribeOptions, gpu_share: float | None):
+    def __init__(self, model: WhisperModelConfig | VoxtralModelConfig, options: TranscribeOptions, gpu_share: float | None):
         self.transcriber = Transcriber(make_backend(model, gpu_share=gpu_share))
         self.options = options
 
