@@ -104,7 +104,6 @@ def batch(folder: Path, output: Path, extra: list[str]) -> dict:
     rows = [json.loads(line) for line in (output / "transcripts.jsonl").read_text().splitlines()]
     audio_s = summary["audio_hours_this_run"] * 3600
     return {
-        "args": extra,
         "files": summary["files_this_run"],
         "errors": summary["errors_this_run"],
         "audio_hours": summary["audio_hours_this_run"],
@@ -122,30 +121,46 @@ def main() -> None:
     p.add_argument("--audio-dir", default=str(REPO.parent / "shared" / "audio"))
     p.add_argument("--copies", type=int, default=3)
     p.add_argument("--batch-args", default="--max-actors 1", help="extra arguments for serve_app.batch")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of both sides, alternating which goes first")
     p.add_argument("--out", help="also write the result JSON here")
     args = p.parse_args()
 
+    manifest = {m["file"]: m for m in map(json.loads, (Path(args.audio_dir) / "manifest.jsonl").read_text().splitlines())}
+    runs: dict[str, list[dict]] = {"sequential_loop": [], "batch": []}
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         folder = Path(tmp) / "audio"
         folder.mkdir()
         files = link_files(Path(args.audio_dir), args.copies, folder)
-        seq = sequential(files, WhisperConfig())
-        bat = batch(folder, Path(tmp) / "out", args.batch_args.split())
+        for i in range(args.rounds):
+            # Alternate which side goes first: the load other jobs put on the machine drifts.
+            order = ["sequential_loop", "batch"] if i % 2 == 0 else ["batch", "sequential_loop"]
+            for side in order:
+                if side == "batch":
+                    run = batch(folder, Path(tmp) / f"out-{i}", args.batch_args.split())
+                else:
+                    run = sequential(files, WhisperConfig())
+                run["english_wer"] = english_wer(run.pop("_texts"), manifest)
+                runs[side].append(run)
+                print(side, json.dumps(run), file=sys.stderr, flush=True)
 
-    manifest = {m["file"]: m for m in map(json.loads, (Path(args.audio_dir) / "manifest.jsonl").read_text().splitlines())}
-    seq_texts, bat_texts = seq.pop("_texts"), bat.pop("_texts")
-    seq["english_wer"], bat["english_wer"] = english_wer(seq_texts, manifest), english_wer(bat_texts, manifest)
+    def overall(side: str) -> dict:
+        audio_h = sum(r["audio_hours"] for r in runs[side])
+        wall_s = sum(r["wall_s"] for r in runs[side])
+        return {"audio_hours": round(audio_h, 4), "wall_s": round(wall_s, 2), "audio_hours_per_hour": round(audio_h * 3600 / wall_s, 2), "rounds": runs[side]}
+
     result = {
         "benchmark": "batch transcription throughput vs a sequential faster-whisper loop",
         "machine": machine(),
         "shared_machine_note": "other helpers' tests and servers ran on the same 2 cores during this run; see the load averages",
         "model": {"name": "whisper-tiny.en (embedded)", **WhisperConfig().model_dump(exclude={"model", "download_root"})},
         "command": " ".join(["PYTHONPATH=. python benchmarks/bench_batch.py", *sys.argv[1:]]),
-        "inputs": {"clips": len(files) // args.copies, "copies": args.copies, "files": len(files)},
-        "sequential_loop": seq,
-        "batch": bat,
-        "speedup": round(bat["audio_hours_per_hour"] / seq["audio_hours_per_hour"], 3),
+        "inputs": {"clips": len(files) // args.copies, "copies": args.copies, "files": len(files), "rounds": args.rounds},
+        "batch_args": args.batch_args,
+        "sequential_loop": overall("sequential_loop"),
+        "batch": overall("batch"),
+        "sequential_loop_cpu_threads": os.cpu_count(),
     }
+    result["speedup"] = round(result["batch"]["audio_hours_per_hour"] / result["sequential_loop"]["audio_hours_per_hour"], 3)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
