@@ -101,10 +101,16 @@ class TranscribeActor:
             return error_row(path, describe(e), duration_of(audio))
 
 
-def build_dataset(inputs: Inputs, paths: list[str], config: AppConfig, args: argparse.Namespace):
+def build_dataset(
+    inputs: Inputs,
+    paths: list[str],
+    model: WhisperModelConfig | VoxtralModelConfig,
+    limits: LimitsConfig,
+    args: argparse.Namespace,
+):
+    """read (one file a block) -> decode -> transcribe in an autoscaling actor pool; rows in ROW_SCHEMA."""
     import ray
 
-    model = config.model(args.model)
     num_gpus = args.num_gpus if args.num_gpus is not None else model.deployment.ray_actor_options.get("num_gpus", 0)
     options = TranscribeOptions(language=args.language, prompt=args.prompt, task=args.task)
     ds = ray.data.read_binary_files(
@@ -114,7 +120,7 @@ def build_dataset(inputs: Inputs, paths: list[str], config: AppConfig, args: arg
         override_num_blocks=len(paths),  # one file a block: a killed job loses at most the blocks in flight
         num_cpus=args.decode_cpus,
     )
-    ds = ds.map(decode_row, fn_kwargs={"prefix": inputs.prefix, "limits": config.limits}, num_cpus=args.decode_cpus)
+    ds = ds.map(decode_row, fn_kwargs={"prefix": inputs.prefix, "limits": limits}, num_cpus=args.decode_cpus)
     return ds.map_batches(
         TranscribeActor,
         fn_constructor_kwargs={"model": model, "options": options, "gpu_share": num_gpus or None},
@@ -154,6 +160,15 @@ class Progress:
         self.bar.close()
 
 
+def write_subtitles(out: OutputDir, rows: list[dict], inputs: Inputs, formats: list[str], task: str) -> None:
+    """One file per transcribed row and format, at its path below the inputs' common folder."""
+    for fmt in formats:
+        for row in rows:
+            if not row["error"]:
+                relative = posixpath.relpath(row["path"][len(inputs.prefix) :], inputs.root)
+                out.write_subtitle(f"{relative}.{fmt}", RENDERERS[fmt](row_transcript(row), task)[0])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     config = load_serve_config(args.config, args.app) if args.config else AppConfig()
     model = config.model(args.model)
@@ -167,10 +182,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         done = {p: r for p, r in done.items() if not r["error"]}
     todo = [p for p in inputs.paths if inputs.uri(p) not in done]
     missing = [error_row(inputs.uri(p), "not_found: the file does not exist") for p in inputs.missing if inputs.uri(p) not in done]
-    total = len(inputs.paths) + len(inputs.missing)
+    skipped = len(inputs.paths) + len(inputs.missing) - len(todo) - len(missing)
 
-    progress = Progress(total, total - len(todo) - len(missing), args.quiet)
-    root = inputs.root()
+    progress = Progress(len(inputs.paths) + len(inputs.missing), skipped, args.quiet)
     if missing:
         out.write_part(missing)
         progress.update(missing)
@@ -180,13 +194,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started_ray = _init_ray(args.address)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            for block in build_dataset(inputs, todo, config, args).iter_batches(batch_size=None, batch_format="pyarrow"):
+            dataset = build_dataset(inputs, todo, model, config.limits, args)
+            for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows = block.to_pylist()
-                for fmt in args.format:
-                    for r in rows:
-                        if not r["error"]:
-                            relative = posixpath.relpath(r["path"][len(inputs.prefix):], root)
-                            out.write_subtitle(f"{relative}.{fmt}", RENDERERS[fmt](row_transcript(r), args.task)[0])
+                write_subtitles(out, rows, inputs, args.format, args.task)
                 out.write_part(rows)  # after the subtitles: a part on disk means everything for its files is there
                 progress.update(rows)
         finally:
@@ -201,7 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": model.name,
         "files": len(rows),
         "files_this_run": progress.files,
-        "skipped_done": total - len(todo) - len(missing),
+        "skipped_done": skipped,
         "errors": sum(1 for r in rows.values() if r["error"]),
         "errors_this_run": progress.errors,
         "audio_hours": round(sum(r["duration"] or 0.0 for r in rows.values() if not r["error"]) / 3600, 4),

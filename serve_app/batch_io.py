@@ -17,6 +17,7 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterable
 
 import pyarrow.fs as pafs
@@ -49,6 +50,7 @@ class Inputs:
     def uri(self, path: str) -> str:
         return self.prefix + path
 
+    @cached_property
     def root(self) -> str:
         """The deepest folder holding every input: subtitle files mirror the tree below it."""
         paths = self.paths + self.missing
