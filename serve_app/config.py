@@ -202,3 +202,33 @@ class AppConfig(Strict):
     def model_names(self) -> dict[str, str]:
         """Every name a request may use (names and aliases) mapped to the model's own name."""
         return {n: m.name for m in self.models for n in [m.name, *m.aliases]}
+
+    def model(self, name: str | None = None) -> WhisperModelConfig | VoxtralModelConfig:
+        """The model a name or alias refers to; no name: the default model (or the first)."""
+        name = name or self.default_model or self.models[0].name
+        own = self.model_names().get(name)
+        if own is None:
+            raise ValueError(f"model {name!r} is not configured; available: {', '.join(self.model_names())}")
+        return next(m for m in self.models if m.name == own)
+
+
+APP_IMPORT_PATH = "serve_app.app:build_app"
+
+
+def load_serve_config(path: str, app_name: str | None = None) -> AppConfig:
+    """The typed config of this project's application in a Serve config YAML (the file ``serve run`` takes).
+
+    Lets batch jobs use the same model settings as the service. ``app_name`` picks one application when the
+    file holds several of ours.
+    """
+    import yaml
+
+    with open(path) as f:
+        serve_config = yaml.safe_load(f) or {}
+    apps = [a for a in serve_config.get("applications", []) if a.get("import_path") == APP_IMPORT_PATH]
+    if app_name is not None:
+        apps = [a for a in apps if a.get("name") == app_name]
+    if len(apps) != 1:
+        found = "none" if not apps else ", ".join(repr(a.get("name")) for a in apps)
+        raise ValueError(f"{path}: expected one application with import_path {APP_IMPORT_PATH} (found {found}); pass its name")
+    return AppConfig.model_validate(apps[0].get("args") or {})

@@ -36,7 +36,8 @@ def test_share_015_of_h100_fits_and_splits_into_bytes(full_size_dir):
     config = VoxtralConfig(model=str(full_size_dir), load_format="dummy")
     plan = plan_memory(config, 0.15, H100)
     assert plan.weights_bytes + plan.activation_bytes + plan.kv_cache_bytes == plan.budget_bytes
-    assert 1.5 * GiB < plan.kv_cache_bytes < 3 * GiB  # about 16-21 k tokens of KV at 120 KiB per token
+    # 11.9 GiB - 8.7 GiB of weights - the 2.5 GiB reserve measured on an H100: about 6 k tokens at 120 KiB a token
+    assert 0.5 * GiB < plan.kv_cache_bytes < 1.0 * GiB
     assert plan.engine_args() == {"gpu_memory_utilization": 0.15, "kv_cache_memory_bytes": plan.kv_cache_bytes}
 
 
