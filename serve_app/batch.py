@@ -28,7 +28,7 @@ import pyarrow as pa
 from .audio import decode_audio
 from .backends import make_backend
 from .batch_io import AUDIO_EXTENSIONS, Inputs, OutputDir, resolve_inputs
-from .config import AppConfig, LimitsConfig, VoxtralModelConfig, WhisperModelConfig, load_serve_config
+from .config import AppConfig, ChunkingConfig, LimitsConfig, VoxtralModelConfig, WhisperModelConfig, load_serve_config
 from .errors import APIError
 from .formats import RENDERERS
 from .transcribe import Transcriber
@@ -84,8 +84,14 @@ class TranscribeActor:
     event loop, so an async backend (whisper's thread pool, vLLM's AsyncLLM) keeps its loop between batches and
     the files of a batch are transcribed concurrently."""
 
-    def __init__(self, model: WhisperModelConfig | VoxtralModelConfig, options: TranscribeOptions, gpu_share: float | None):
-        self.transcriber = Transcriber(make_backend(model, gpu_share=gpu_share))
+    def __init__(
+        self,
+        model: WhisperModelConfig | VoxtralModelConfig,
+        chunking: ChunkingConfig,
+        options: TranscribeOptions,
+        gpu_share: float | None,
+    ):
+        self.transcriber = Transcriber(make_backend(model, gpu_share=gpu_share), chunking)
         self.options = options
 
     async def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -106,6 +112,7 @@ def build_dataset(
     paths: list[str],
     model: WhisperModelConfig | VoxtralModelConfig,
     limits: LimitsConfig,
+    chunking: ChunkingConfig,
     args: argparse.Namespace,
 ):
     """read (one file a block) -> decode -> transcribe in an autoscaling actor pool; rows in ROW_SCHEMA."""
@@ -123,7 +130,7 @@ def build_dataset(
     ds = ds.map(decode_row, fn_kwargs={"prefix": inputs.prefix, "limits": limits}, num_cpus=args.decode_cpus)
     return ds.map_batches(
         TranscribeActor,
-        fn_constructor_kwargs={"model": model, "options": options, "gpu_share": num_gpus or None},
+        fn_constructor_kwargs={"model": model, "chunking": chunking, "options": options, "gpu_share": num_gpus or None},
         batch_size=args.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(
@@ -194,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started_ray = _init_ray(args.address)
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
-            dataset = build_dataset(inputs, todo, model, config.limits, args)
+            dataset = build_dataset(inputs, todo, model, config.limits, config.chunking, args)
             for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows = block.to_pylist()
                 write_subtitles(out, rows, inputs, args.format, args.task)
