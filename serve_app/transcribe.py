@@ -17,7 +17,7 @@ import numpy as np
 from .config import ChunkingConfig
 from .repetition import cut_repetition
 from .transcript import Backend, Segment, TranscribeOptions, Transcript, Word, duration_of
-from .vad import Chunk, speech_chunks
+from .vad import Chunk, has_speech, speech_chunks
 
 
 @dataclass
@@ -51,10 +51,9 @@ class Transcriber:
         whole = [Chunk(0, len(audio))]
         if not self.chunking.enabled:
             return whole
-        chunks = await asyncio.to_thread(speech_chunks, audio, self.chunking)
-        if chunks and duration_of(audio) <= self.chunking.chunk_above_s:
-            return whole
-        return chunks
+        if duration_of(audio) <= self.chunking.chunk_above_s:  # sent whole, if there is any speech at all
+            return whole if await asyncio.to_thread(has_speech, audio, self.chunking) else []
+        return await asyncio.to_thread(speech_chunks, audio, self.chunking)
 
     async def _results(self, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[ChunkResult]:
         """All chunks start at once (up to ``max_parallel_chunks``); their results come back in order."""

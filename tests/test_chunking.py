@@ -17,7 +17,7 @@ from serve_app.config import ChunkingConfig, WhisperConfig
 from serve_app.repetition import cut_repetition
 from serve_app.transcribe import ChunkResult, Transcriber, place, stitch
 from serve_app.transcript import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Word
-from serve_app.vad import WINDOW, Chunk, pack, padded, speech_chunks, speech_regions
+from serve_app.vad import WINDOW, Chunk, has_speech, pack, padded, speech_chunks, speech_regions
 
 CONFIG = ChunkingConfig()
 
@@ -43,6 +43,7 @@ def test_every_clip_has_speech_including_the_quiet_ones(manifest, audio_dir):
         audio = load_file(str(audio_dir / row["file"]))
         chunks = speech_chunks(audio, CONFIG)
         assert chunks, f"{row['file']} (peak {row['peak_dbfs']} dBFS): no speech found"
+        assert has_speech(audio, CONFIG), f"{row['file']}: the short-clip check misses the speech"
         _check_chunks(chunks, len(audio), CONFIG.max_chunk_s)
         covered = sum(c.duration_s for c in chunks)
         assert covered >= 0.5 * row["duration_s"], f"{row['file']}: only {covered:.1f} s of speech"
@@ -71,6 +72,15 @@ def test_very_quiet_speech_is_kept_by_normalising_the_peak(audio_dir):
 )
 def test_no_speech_gives_no_chunks(audio):
     assert speech_chunks(audio, CONFIG) == []
+    assert not has_speech(audio, CONFIG)
+
+
+def test_speech_after_seconds_of_silence_is_found_by_the_short_clip_check(audio_dir):
+    """The check looks at a growing prefix: speech that starts late (after 2 s, 8 s) must still be found."""
+    speech = load_file(str(audio_dir / "en_pocketsphinx_goforward.wav"))
+    for lead_s in (0.0, 5.0, 20.0):
+        audio = np.concatenate([np.zeros(int(lead_s * SAMPLE_RATE), np.float32), speech])
+        assert has_speech(audio, CONFIG), f"speech after {lead_s} s of silence was missed"
 
 
 def test_long_clips_are_cut_into_bounded_chunks(audio_dir):
