@@ -47,7 +47,8 @@ from .protocol import (
     new_id,
 )
 from .transcribe import Transcriber
-from .transcript import ChatOptions, ChatTurn, TranscribeOptions
+from .vad import has_speech
+from .transcript import SAMPLE_RATE, ChatOptions, ChatTurn, TranscribeOptions
 
 log = logging.getLogger("ray.serve")
 
@@ -250,6 +251,10 @@ class Ingress:
         app.state.max_request_bytes = self.limits.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
         app.state.api_keys = load_api_keys(config.auth)
         app.state.metrics = self.metrics
+        if config.chunking.enabled:  # load the VAD now: a missing dependency fails the deploy, not the first request
+            started = time.perf_counter()
+            has_speech(np.zeros(SAMPLE_RATE, np.float32), config.chunking)
+            log.info("VAD loaded and warmed up in %.2f s", time.perf_counter() - started)
         log.info("API keys %s", f"required ({len(app.state.api_keys)} configured)" if app.state.api_keys else "not configured: the API is open")
 
     # --- routes ---
