@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# CI runs the property tests with a fixed seed, so a run is reproducible; locally each run explores new examples.
+settings.register_profile("ci", derandomize=True, deadline=None)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
