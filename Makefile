@@ -12,6 +12,9 @@ export RAY_USAGE_STATS_ENABLED := 0
 # Ray 2.60 starts local clusters with token auth (the token lands in ~/.ray/auth_token); the `serve` CLI sends that
 # token only when the mode is set explicitly, so set it for every command here. RAY_AUTH_MODE=disabled turns it off.
 export RAY_AUTH_MODE ?= token
+# Ray Serve's HAProxy in front of the ingress replicas instead of its Python proxy (serve_app/ray_env.py says why).
+export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+export RAY_SERVE_ENABLE_DIRECT_INGRESS ?= 1
 # Where `serve status` / `serve shutdown` find the cluster: the dashboard URL that `serve run` prints at start.
 RAY_DASHBOARD_ADDRESS ?= http://127.0.0.1:8265
 

@@ -31,24 +31,32 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from loadgen import ClipMaker, run_load, speech_pool, wav_bytes  # noqa: E402
 
+from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
+
 # Clip length -> output tokens of a real transcript of that length (the anchors' cases).
 CASES = {3: 23, 10: 38, 30: 108}
+DEFAULT = dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, enable_prefix_caching=False)
 PRESETS = {
     # The seed's settings: eager mode, 4 sequences.
     "seed": dict(enforce_eager=True, max_num_seqs=4),
-    # The product's defaults (serve_config.yaml).
-    "default": dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, enable_prefix_caching=False),
+    # The product's bf16 defaults (serve_config.yaml before FP8).
+    "default": DEFAULT,
+    # FP8 weights: the bytes they free go to the KV cache (~37 k tokens at this share), so more sequences fit.
+    "fp8": {**DEFAULT, "quantization": "fp8", "max_num_seqs": 80},
 }
 
 
-def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: int = 64, num_gpus: float = 0.15) -> dict:
+def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: int | None = None, num_gpus: float = 0.15) -> dict:
+    engine = PRESETS[preset]
     return {
         "name": "voxtral",
         "backend": "voxtral",
-        "voxtral": {"model": model_dir, "load_format": "dummy", "max_model_len": 4096, **PRESETS[preset]},
+        "voxtral": {"model": model_dir, "load_format": "dummy", "max_model_len": 4096, **engine},
         "deployment": {
             "num_replicas": replicas,
-            "max_ongoing_requests": max_ongoing,
+            # Like vLLM's own server, the seed queued every request in the engine; our replicas hold two batches.
+            "max_ongoing_requests": max_ongoing or max(64, 2 * engine["max_num_seqs"]),
+            "max_queued_requests": 1024,
             "ray_actor_options": {"num_gpus": num_gpus, "num_cpus": 2 if num_gpus else 0.5},
         },
     }
@@ -181,6 +189,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "vllm": __import__("vllm").__version__,
         "ray": __import__("ray").__version__,
+        "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
     }
 
 
@@ -197,7 +206,7 @@ def cmd_shared_card(a) -> dict:
                 raise RuntimeError("the neighbour process failed to start")
             time.sleep(0.5)
         before = gpu_memory()
-        base = start_serve({"models": [voxtral_model(a.model_dir, "default")]})
+        base = start_serve({"models": [voxtral_model(a.model_dir, a.preset)]})
         after_start = gpu_memory()
         maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=1)
         import httpx
@@ -266,7 +275,7 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--preset", choices=sorted(PRESETS), default="default")
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--max-ongoing", type=int, default=64)
+    p.add_argument("--max-ongoing", type=int, help="the model replica's max_ongoing_requests (default: 2 batches, >= 64)")
     p.add_argument("--ingress-replicas", type=int, default=4, help="ingress replicas (they decode audio in parallel)")
     p.add_argument("--engine-direct", action="store_true")
     p.add_argument("--num-gpus", type=float, default=0.15, help="the replica's GPU share (0: a CPU dry run)")
@@ -276,6 +285,7 @@ def main() -> None:
     p.add_argument("--hold-gib", type=float, default=50)
     p.add_argument("--churn-gib", type=float, default=4)
     a = p.parse_args()
+    apply_serve_env()  # before Ray starts: what `make serve` and cluster/ run
     started = time.time()
     result = {"command": " ".join(sys.argv), "machine": machine()}
     result |= cmd_shared_card(a) if a.command == "shared-card" else cmd_speed(a)

@@ -23,10 +23,12 @@ def embedded_whisper_model() -> str:
 
 
 # Backpressure sizing rule for a model deployment (when the YAML leaves the limits unset):
-#   max_ongoing_requests = the engine's batch (whisper: num_workers, voxtral: max_num_seqs): a replica never holds
-#                          more requests than it can work on at once, so waiting happens where Serve can see it;
-#   max_queued_requests  = QUEUED_BATCHES * batch * replicas: each caller (ingress replica) queues about
-#                          QUEUED_BATCHES full rounds of work, then answers 503 + Retry-After at once.
+#   max_ongoing_requests = ONGOING_BATCHES * the engine's batch (whisper: num_workers, voxtral: max_num_seqs): each
+#                          worker has its next request waiting inside the replica, so it never idles for the router's
+#                          round trip (2-core box, 4 clients: 18.9 -> 23.6 audio-s/s, benchmarks/README.md);
+#   max_queued_requests  = QUEUED_BATCHES * max_ongoing_requests * replicas: each caller (ingress replica) queues
+#                          about that many rounds of work, then answers 503 + Retry-After at once.
+ONGOING_BATCHES = 2
 QUEUED_BATCHES = 2
 
 
@@ -47,7 +49,7 @@ class DeploymentOptions(Strict):
         """The options for ``Deployment.options``; ``batch`` (the engine's batch) sizes unset backpressure limits."""
         options = self.model_dump(exclude_none=True)
         if batch is not None:
-            options.setdefault("max_ongoing_requests", batch)
+            options.setdefault("max_ongoing_requests", ONGOING_BATCHES * batch)
             options.setdefault("max_queued_requests", QUEUED_BATCHES * options["max_ongoing_requests"] * self._max_replicas())
         return options
 
@@ -81,6 +83,10 @@ class VoxtralConfig(Strict):
     config_format: str = "mistral"
     load_format: str = "mistral"
     dtype: str = "bfloat16"
+    # "fp8": vLLM quantizes the linear layers' weights to FP8 at load (Hopper and later). Half the bytes read per
+    # decoding step and half the weights' memory, which goes to the KV cache (benchmarks/NOTES-gpu.md).
+    quantization: Literal["fp8"] | None = None
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     max_model_len: int = 4096
     max_num_seqs: int = 32
     max_num_batched_tokens: int | None = None

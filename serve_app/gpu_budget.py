@@ -19,8 +19,8 @@ from .config import VoxtralConfig
 
 GiB = 1 << 30
 
-# Checkpoint sizes (bf16) of models whose weights are not on this machine, for planning without them.
-KNOWN_WEIGHTS_BYTES = {"mistralai/Voxtral-Mini-3B-2507": 9_360_000_000}
+# Hub ids whose weights are not on this machine, planned from their shapes (serve_app.voxtral_checkpoint's sizes).
+KNOWN_SHAPES = {"mistralai/Voxtral-Mini-3B-2507": "full"}
 
 
 class BudgetError(ValueError):
@@ -54,44 +54,58 @@ def _gib(n: int | float) -> str:
 
 
 def weights_bytes(config: VoxtralConfig) -> int:
-    """Bytes of weights: from the config, the checkpoint's files, its params.json, or a table of known models."""
+    """Bytes of weights: from the config, the checkpoint's params.json or files, or the shapes of a known model.
+
+    With ``quantization: fp8`` the linear layers take one byte a parameter; embeddings, the output head, norms, the
+    audio convolutions and the adapter stay in ``dtype`` (what vLLM's FP8 quantizes).
+    """
     if config.weights_bytes:
         return config.weights_bytes
-    path = Path(config.model)
-    if path.is_dir():
-        files = list(path.glob("consolidated*.safetensors")) or list(path.glob("*.safetensors"))
-        if files and config.load_format != "dummy":
-            return sum(f.stat().st_size for f in files)
-        if (path / "params.json").exists():
-            return _bytes_from_params(json.loads((path / "params.json").read_text()), config.dtype)
-    if config.model in KNOWN_WEIGHTS_BYTES:
-        return KNOWN_WEIGHTS_BYTES[config.model]
-    raise BudgetError(f"Cannot tell the size of {config.model!r}'s weights: set voxtral.weights_bytes in the config.")
+    files = list(Path(config.model).glob("consolidated*.safetensors")) or list(Path(config.model).glob("*.safetensors"))
+    if files and config.load_format != "dummy" and not config.quantization:
+        return sum(f.stat().st_size for f in files)
+    params = _params(config)
+    if params is None:
+        raise BudgetError(f"Cannot tell the size of {config.model!r}'s weights: set voxtral.weights_bytes in the config.")
+    linear, other = _parameter_counts(params)
+    bytes_per = 4 if config.dtype in ("float32", "float") else 2
+    return (linear * (1 if config.quantization == "fp8" else bytes_per)) + other * bytes_per
 
 
-def _bytes_from_params(p: dict, dtype: str) -> int:
-    """Parameter count of a Mistral-format Voxtral from its params.json (decoder, audio encoder and adapter)."""
+def _parameter_counts(p: dict) -> tuple[int, int]:
+    """(linear-layer, other) parameter counts of a Mistral-format Voxtral from its params.json."""
     q, kv = p["n_heads"] * p["head_dim"], p["n_kv_heads"] * p["head_dim"]
-    layer = p["dim"] * (2 * q + 2 * kv) + 3 * p["dim"] * p["hidden_dim"] + 2 * p["dim"]
-    n = p["n_layers"] * layer + 2 * p["vocab_size"] * p["dim"] + p["dim"]
+    linear = p["n_layers"] * (p["dim"] * (2 * q + 2 * kv) + 3 * p["dim"] * p["hidden_dim"])
+    other = p["n_layers"] * 2 * p["dim"] + 2 * p["vocab_size"] * p["dim"] + p["dim"]
     whisper = p.get("multimodal", {}).get("whisper_model_args")
     if whisper:
         e = whisper["encoder_args"]
         eq = e["n_heads"] * e["head_dim"]
-        n += e["n_layers"] * (4 * e["dim"] * eq + 2 * e["dim"] * e["hidden_dim"] + 9 * e["dim"] + 2 * eq + e["hidden_dim"])
+        linear += e["n_layers"] * (4 * e["dim"] * eq + 2 * e["dim"] * e["hidden_dim"])
+        other += e["n_layers"] * (9 * e["dim"] + 2 * eq + e["hidden_dim"])
         mels = e["audio_encoding_args"]["num_mel_bins"]
-        n += e["dim"] * mels * 3 + e["dim"] * e["dim"] * 3 + 4 * e["dim"]
-        n += p["dim"] * e["dim"] * whisper["downsample_args"]["downsample_factor"] + p["dim"] * p["dim"]
-    bytes_per = 4 if dtype in ("float32", "float") else 2
-    return n * bytes_per
+        other += e["dim"] * mels * 3 + e["dim"] * e["dim"] * 3 + 4 * e["dim"]
+        other += p["dim"] * e["dim"] * whisper["downsample_args"]["downsample_factor"] + p["dim"] * p["dim"]
+    return linear, other
 
 
-def kv_bytes_per_token(model: str) -> int | None:
-    path = Path(model) / "params.json"
-    if not path.exists():
-        return 2 * 30 * 8 * 128 * 2 if model in KNOWN_WEIGHTS_BYTES else None
-    p = json.loads(path.read_text())
-    return 2 * p["n_layers"] * p["n_kv_heads"] * p["head_dim"] * 2
+def _params(config: VoxtralConfig) -> dict | None:
+    """The model's params.json: from its directory, or the shapes of a known hub id."""
+    path = Path(config.model) / "params.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    if config.model in KNOWN_SHAPES:
+        from .voxtral_checkpoint import params
+
+        return params(KNOWN_SHAPES[config.model])
+    return None
+
+
+def kv_bytes_per_token(config: VoxtralConfig) -> int | None:
+    p = _params(config)
+    if p is None:
+        return None
+    return 2 * p["n_layers"] * p["n_kv_heads"] * p["head_dim"] * (1 if config.kv_cache_dtype == "fp8" else 2)
 
 
 def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> MemoryPlan:
@@ -101,7 +115,7 @@ def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> Memor
     budget = int(share * device_bytes)
     kv = config.kv_cache_memory_bytes or budget - weights - activations
     plan = MemoryPlan(device_bytes, share, weights, activations, kv)
-    per_token = kv_bytes_per_token(config.model)
+    per_token = kv_bytes_per_token(config)
     needed_kv = per_token * config.max_model_len if per_token else 1
     if kv < needed_kv or weights + activations + kv > budget:
         raise BudgetError(

@@ -23,6 +23,10 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from serve_app.ray_env import apply_serve_env  # noqa: E402
+
+apply_serve_env()  # the Ray settings `make serve` runs with (HAProxy in front of the ingress replicas)
+
 AUDIO_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "audio"
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from serve_app import planner
 from serve_app.config import VoxtralConfig
-from serve_app.gpu_budget import GiB, BudgetError, check_free_memory, plan_memory, weights_bytes
+from serve_app.gpu_budget import GiB, BudgetError, check_free_memory, kv_bytes_per_token, plan_memory, weights_bytes
 from serve_app.voxtral_checkpoint import build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +39,24 @@ def test_share_015_of_h100_fits_and_splits_into_bytes(full_size_dir):
     # 11.9 GiB - 8.7 GiB of weights - the 2.5 GiB reserve measured on an H100: about 6 k tokens at 120 KiB a token
     assert 0.5 * GiB < plan.kv_cache_bytes < 1.0 * GiB
     assert plan.engine_args() == {"gpu_memory_utilization": 0.15, "kv_cache_memory_bytes": plan.kv_cache_bytes}
+
+
+def test_fp8_weights_leave_the_freed_bytes_to_the_kv_cache(full_size_dir):
+    bf16 = plan_memory(VoxtralConfig(model=str(full_size_dir), load_format="dummy"), 0.15, H100)
+    fp8 = plan_memory(VoxtralConfig(model=str(full_size_dir), load_format="dummy", quantization="fp8"), 0.15, H100)
+    # Linear layers go to one byte a parameter; embeddings and the output head (1.5 GiB) stay bf16.
+    assert fp8.weights_bytes == pytest.approx(5.13 * GiB, rel=0.01)
+    assert fp8.kv_cache_bytes - bf16.kv_cache_bytes == bf16.weights_bytes - fp8.weights_bytes
+    per_token = kv_bytes_per_token(VoxtralConfig(model=str(full_size_dir)))
+    assert per_token == 120 * 1024  # 30 layers x 8 KV heads x 128 x (K, V) x bf16
+    assert kv_bytes_per_token(VoxtralConfig(model=str(full_size_dir), kv_cache_dtype="fp8")) == per_token // 2
+
+
+def test_a_hub_id_is_planned_from_its_known_shapes(full_size_dir):
+    hub = VoxtralConfig(quantization="fp8")  # mistralai/Voxtral-Mini-3B-2507, not on this machine
+    assert weights_bytes(hub) == weights_bytes(VoxtralConfig(model=str(full_size_dir), load_format="dummy", quantization="fp8"))
+    with pytest.raises(BudgetError, match="Cannot tell the size"):
+        weights_bytes(VoxtralConfig(model="someone/unknown-model"))
 
 
 def test_share_too_small_for_weights_names_the_numbers(full_size_dir):

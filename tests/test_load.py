@@ -113,14 +113,15 @@ def test_request_past_the_timeout_gets_504(timeout_url, audio_dir):
 def test_unset_limits_are_sized_from_the_engine_batch():
     whisper = WhisperModelConfig(name="w", whisper={"num_workers": 3}, deployment={"num_replicas": 2})
     options = whisper.deployment.serve_options(batch=whisper.engine_batch())
-    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (3, QUEUED_BATCHES * 3 * 2)
+    # two batches in the replica: each worker's next request waits there, not behind the router's round trip
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (6, QUEUED_BATCHES * 6 * 2)
 
     voxtral = VoxtralModelConfig(
         name="v", backend="voxtral", voxtral={"max_num_seqs": 16},
         deployment={"num_replicas": "auto", "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
     )
     options = voxtral.deployment.serve_options(batch=voxtral.engine_batch())
-    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (16, QUEUED_BATCHES * 16 * 4)
+    assert (options["max_ongoing_requests"], options["max_queued_requests"]) == (32, QUEUED_BATCHES * 32 * 4)
 
     explicit = WhisperModelConfig(name="e", deployment={"max_ongoing_requests": 5, "max_queued_requests": -1})
     options = explicit.deployment.serve_options(batch=explicit.engine_batch())

@@ -53,6 +53,8 @@ class VoxtralBackend:
             config_format=config.config_format,
             load_format=config.load_format,
             dtype=config.dtype,
+            quantization=config.quantization,
+            kv_cache_dtype=config.kv_cache_dtype,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
             max_num_batched_tokens=config.max_num_batched_tokens,

