@@ -105,6 +105,9 @@ def main() -> None:
     # Every mode is deployed at once and the repeats interleave them, so load that comes and goes (a shared machine)
     # falls on all modes alike. Each mode has its own model replica: on a GPU, pass fewer --modes if memory is short.
     modes = args.modes.split(",")
+    from serve_app.ray_env import apply_serve_env
+
+    apply_serve_env()  # what `make serve` runs: HAProxy in front of the ingress
     ray.init(address="local", num_cpus=args.num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

@@ -48,6 +48,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
+
 # English clips of 3-11 s with a published reference; one file per recording, several codecs.
 DEFAULT_CLIPS = [
     "en_jfk_inaugural.flac",
@@ -357,6 +359,7 @@ def start_serve(args: dict) -> tuple[str, Path]:
     from serve_app.app import build_app
 
     port = free_port()
+    apply_serve_env()  # what `make serve` runs: HAProxy in front of the ingress
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(args), name="stt", route_prefix="/")
@@ -391,6 +394,7 @@ def machine_info() -> dict:
         "ray": ray.__version__,
         "faster_whisper": faster_whisper.__version__,
         "ctranslate2": ctranslate2.__version__,
+        "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
     }
 
 

@@ -256,3 +256,14 @@ def test_transcription_stream(client, audio_dir, jfk_text):
     assert [e.type for e in events[:-1]] == ["transcript.text.delta"] * (len(events) - 1) and len(events) >= 2
     assert events[-1].type == "transcript.text.done" and events[-1].text == jfk_text
     assert "".join(e.delta for e in events[:-1]).strip() == jfk_text
+
+
+def test_the_serve_port_is_haproxy_in_front_of_the_ingress(base_url):
+    """What `make serve` runs (serve_app/ray_env.py): Serve's HAProxy owns the port, not the Python proxy actor."""
+    import httpx
+    import psutil
+
+    port = int(base_url.rstrip("/").rsplit(":", 1)[1])
+    listeners = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}
+    assert httpx.get(f"{base_url}/health", timeout=10).status_code == 200

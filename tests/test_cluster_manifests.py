@@ -75,3 +75,13 @@ def test_cluster_launcher_config_is_valid():
 
 def test_dockerfile_uses_the_installed_ray_version():
     assert f"rayproject/ray:{ray.__version__}-" in (CLUSTER / "Dockerfile").read_text()
+
+
+def test_every_place_that_starts_ray_sets_the_serve_env():
+    from serve_app.ray_env import SERVE_ENV
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text()  # the RayService, the RayJob and the cluster launcher
+    makefile = (REPO / "Makefile").read_text()  # make serve / make test
+    for key, value in SERVE_ENV.items():
+        assert f"{key}={value}" in dockerfile
+        assert f"export {key} ?= {value}" in makefile
