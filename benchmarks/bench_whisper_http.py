@@ -280,24 +280,28 @@ def serve_layer_times(log_dir: Path) -> dict[str, dict[str, float]]:
 
 def http_breakdown(c1: list[Result], layers: dict[str, dict[str, float]]) -> dict:
     """Where the HTTP path's extra time goes at concurrency 1: medians over requests, paired with the direct run of
-    the same clip and repeat."""
+    the same clip and repeat. With HAProxy in front (serve_app/ray_env.py) there is no proxy actor and no proxy log:
+    the client's time to the ingress then includes HAProxy."""
     direct = {(r.clip, r.repeat): r for r in c1 if r.path == "direct"}
     parts: dict[str, list[float]] = {}
     for r in c1:
         t = layers.get(r.request_id or "", {})
-        if r.path != "http" or len(t) < 3:
+        if r.path != "http" or not {"ingress", "model"} <= t.keys():
             continue
         d = direct[(r.clip, r.repeat)]
-        for name, value in {
-            "client_to_proxy_s": r.latency_s - t["proxy"],  # TCP, multipart upload, the proxy's HTTP parsing
-            "proxy_to_ingress_s": t["proxy"] - t["ingress"],
-            # the body fetched from the proxy, multipart, decoding, the VAD check, the handle hop there and back, JSON
+        front = t.get("proxy", t["ingress"])
+        values = {
+            "client_to_front_s": r.latency_s - front,  # TCP, multipart upload, HAProxy or the proxy's HTTP parsing
+            # the body, multipart, decoding, the VAD check, the handle hop there and back, JSON
             "ingress_own_s": t["ingress"] - t["model"],
             "model_replica_s": t["model"],
             "direct_transcribe_s": d.latency_s - d.decode_s,  # the same work in this process, without decoding
             "direct_decode_s": d.decode_s,
             "http_minus_direct_s": r.latency_s - d.latency_s,
-        }.items():
+        }
+        if "proxy" in t:
+            values["proxy_to_ingress_s"] = t["proxy"] - t["ingress"]
+        for name, value in values.items():
             parts.setdefault(name, []).append(value)
     out = {name: round(statistics.median(v), 4) for name, v in parts.items()}
     out["requests"] = len(parts.get("ingress_own_s", []))
