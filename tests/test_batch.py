@@ -140,8 +140,9 @@ def test_english_word_error_rate_is_bounded(batch_run, manifest):
 
 def test_subtitles_are_rendered_per_file(batch_run, audio_dir):
     subtitles = batch_run["out"] / "subtitles"
-    # The subtitle tree mirrors the inputs below their common folder (here "/", as they span two folders).
-    jfk = subtitles / str(audio_dir / ENGLISH[0]).lstrip("/")
+    # The subtitle tree mirrors the inputs below their common folder (the audio set's and the temporary folder's).
+    root = os.path.commonpath([str(audio_dir), str(batch_run["tmp"])])
+    jfk = subtitles / os.path.relpath(audio_dir / ENGLISH[0], root)
     srt = Path(f"{jfk}.srt").read_text()
     vtt = Path(f"{jfk}.vtt").read_text()
     assert srt.startswith("1\n00:00:00,000 --> ") and "ask not what your country" in srt
