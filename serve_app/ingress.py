@@ -59,7 +59,7 @@ _OPEN_PATHS = {"/health"}  # everything else needs an API key when keys are conf
 
 @dataclass
 class RequestInfo:
-    """What the middleware learns about a request in flight: its id (Serve's proxy sets X-Request-ID) and model."""
+    """What the middleware learns about a request in flight: its id (Serve sets X-Request-ID) and model."""
 
     request_id: str
     model: str = ""
@@ -110,7 +110,7 @@ async def _observe(request: Request, call_next):
     try:
         response = await call_next(request)
         status = response.status_code
-        return response  # Serve's proxy returns the X-Request-ID header
+        return response  # Serve returns the X-Request-ID header
     finally:
         took = time.perf_counter() - started
         route = _route_label(request)

@@ -71,17 +71,8 @@ class ChatOptions:
     request_id: str | None = None
 
 
-@dataclass
-class Capabilities:
-    translate: bool = False
-    chat: bool = False
-    word_timestamps: bool = False
-
-
 class Backend(Protocol):
     """What a model server does. Audio is always 16 kHz mono float32; nothing here knows about HTTP."""
-
-    capabilities: Capabilities
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript: ...
 

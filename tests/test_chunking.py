@@ -227,7 +227,6 @@ class CountingBackend:
 
     def __init__(self, inner):
         self.inner = inner
-        self.capabilities = inner.capabilities
         self.calls: list[tuple[float, int | None]] = []
         self.in_flight = self.most_in_flight = 0
 

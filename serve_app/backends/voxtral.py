@@ -22,7 +22,6 @@ from ..config import VoxtralConfig
 from ..errors import BackendUnavailable, InvalidRequest
 from ..transcript import (
     SAMPLE_RATE,
-    Capabilities,
     ChatOptions,
     ChatTurn,
     Segment,
@@ -39,7 +38,6 @@ TRANSLATE_INSTRUCTION = "Translate this audio into English. Answer with the tran
 class VoxtralBackend:
     def __init__(self, config: VoxtralConfig, gpu_share: float | None = None):
         self.config = config
-        self.capabilities = Capabilities(translate=True, chat=True, word_timestamps=False)
         self.device = _device(config.device)
         if self.device == "cpu":
             os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-3 s -> 0.1 s per request on small CPUs

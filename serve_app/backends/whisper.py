@@ -19,7 +19,6 @@ from ..config import WhisperConfig
 from ..errors import InvalidRequest
 from ..transcript import (
     SAMPLE_RATE,
-    Capabilities,
     ChatOptions,
     ChatTurn,
     Segment,
@@ -47,7 +46,6 @@ class WhisperBackend:
             num_workers=config.num_workers,
             download_root=config.download_root,
         )
-        self.capabilities = Capabilities(translate=self.model.model.is_multilingual, chat=False, word_timestamps=True)
         self._pool = ThreadPoolExecutor(config.num_workers, thread_name_prefix="whisper")
         log.info("whisper %s loaded in %.2f s", config.model_path(), time.perf_counter() - started)
 
@@ -57,7 +55,7 @@ class WhisperBackend:
         return time.perf_counter() - started
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
-        if options.task == "translate" and not self.capabilities.translate:
+        if options.task == "translate" and not self.model.model.is_multilingual:
             raise InvalidRequest("This model is English-only and cannot translate; use a multilingual model.", param="model")
         if options.language and not self.model.model.is_multilingual and options.language != "en":
             raise InvalidRequest(f"This model is English-only; language {options.language!r} is not supported.", param="language")
