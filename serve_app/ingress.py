@@ -76,19 +76,50 @@ def _current_request() -> RequestInfo:
     return info
 
 
-@app.middleware("http")
-async def _reject_oversize_bodies(request: Request, call_next):
-    """Refuse a body whose declared length is over the limit before it is read and spooled."""
+class Gate:
+    """The one middleware, pure ASGI (each ``@app.middleware("http")`` layer costs a task and two memory streams per
+    request): the request id and the log line and metrics of every request, then the size and API-key checks."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        info = RequestInfo(request.headers.get("x-request-id") or new_id("req"))
+        _request_info.set(info)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            refusal = await _refusal(request)
+            if refusal is not None:
+                await refusal(scope, receive, send_and_note_status)
+            else:
+                await self.app(scope, receive, send_and_note_status)
+        finally:
+            took = time.perf_counter() - started
+            route = _route_label(request)
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.request_done(route, info.model, status, took)
+            log_request(log, info.request_id, route=route, model=info.model, status=status, took_s=took)
+
+
+async def _refusal(request: Request) -> Response | None:
+    """A body declared over the limit (refused before it is read and spooled), or a missing or wrong API key (the
+    ``auth`` config; 401 in OpenAI's shape); None lets the request through."""
     limit = getattr(request.app.state, "max_request_bytes", None)
     length = request.headers.get("content-length")
     if limit and length and length.isdigit() and int(length) > limit:
         return await _api_error(request, PayloadTooLarge(f"The request is larger than the limit of {limit} bytes."))
-    return await call_next(request)
-
-
-@app.middleware("http")
-async def _require_api_key(request: Request, call_next):
-    """Bearer API keys (``auth`` in the config); 401 in OpenAI's shape when a key is missing or wrong."""
     keys = getattr(request.app.state, "api_keys", None)
     if keys and _route_path(request) not in _OPEN_PATHS:
         token = bearer_token(request.headers.get("authorization"))
@@ -97,27 +128,10 @@ async def _require_api_key(request: Request, call_next):
             response = await _api_error(request, Unauthorized(message))
             response.headers["WWW-Authenticate"] = "Bearer"
             return response
-    return await call_next(request)
+    return None
 
 
-@app.middleware("http")
-async def _observe(request: Request, call_next):
-    """Outermost: the request id for logs and backends, one log line and the request metrics per request."""
-    info = RequestInfo(request.headers.get("x-request-id") or new_id("req"))
-    _request_info.set(info)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response  # Serve returns the X-Request-ID header
-    finally:
-        took = time.perf_counter() - started
-        route = _route_label(request)
-        metrics = getattr(request.app.state, "metrics", None)
-        if metrics is not None:
-            metrics.request_done(route, info.model, status, took)
-        log_request(log, info.request_id, route=route, model=info.model, status=status, took_s=took)
+app.add_middleware(Gate)
 
 
 def _route_path(request: Request) -> str:
