@@ -73,7 +73,7 @@ def has_speech(audio: np.ndarray, config: ChunkingConfig, first_s: float = 2.0) 
     from faster_whisper.vad import get_vad_model
 
     model = get_vad_model()
-    windows = np.pad(normalised(audio), (0, -len(audio) % WINDOW)).reshape(-1, WINDOW)
+    windows = model_windows(audio)
     n, k = len(windows), max(1, _windows(first_s * 1000))
     min_silence, min_speech = _windows(config.min_silence_ms), _windows(config.min_speech_ms)
     while True:
@@ -92,7 +92,7 @@ def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
     model = get_vad_model()
     if len(audio) == 0:
         return np.zeros(0, np.float32)
-    windows = np.pad(normalised(audio), (0, -len(audio) % WINDOW)).reshape(-1, WINDOW)
+    windows = model_windows(audio)
     n = len(windows)
     parts = max(1, min(threads, n // _MIN_SLICE_WINDOWS))
     bounds = np.linspace(0, n, parts + 1).astype(int)
@@ -106,6 +106,11 @@ def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
         return run(0, n)
     with ThreadPoolExecutor(parts, thread_name_prefix="vad") as pool:  # onnxruntime releases the GIL
         return np.concatenate(list(pool.map(run, bounds[:-1], bounds[1:])))
+
+
+def model_windows(audio: np.ndarray) -> np.ndarray:
+    """The Silero model's input: the normalised audio, zero-padded, as (windows, WINDOW)."""
+    return np.pad(normalised(audio), (0, -len(audio) % WINDOW)).reshape(-1, WINDOW)
 
 
 def normalised(audio: np.ndarray) -> np.ndarray:
