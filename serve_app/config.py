@@ -160,8 +160,8 @@ class ChunkingConfig(Strict):
 
 
 class IngressConfig(Strict):
-    # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve's proxy
-    # answers 503 with Retry-After (a plain-text body: the proxy writes it, not our handlers).
+    # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve itself
+    # answers 503 with Retry-After (not in OpenAI's JSON shape: our handlers never see the request).
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
             max_ongoing_requests=256,
