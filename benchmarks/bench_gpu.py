@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from loadgen import ClipMaker, run_load, speech_pool, wav_bytes  # noqa: E402
+from local_serve import start_local_serve  # noqa: E402
 
 from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
 
@@ -88,12 +88,6 @@ def _nvidia_smi() -> dict:
     return {"gpu": name, "used_mib": int(used), "total_mib": int(total), "processes": procs}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_serve(app_args: dict) -> str:
     import ray
     from ray import serve
@@ -101,10 +95,7 @@ def start_serve(app_args: dict) -> str:
     from serve_app.app import build_app
 
     if not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        os.environ["BENCH_PORT"] = str(port)
+        os.environ["BENCH_PORT"] = str(start_local_serve())
     started = time.perf_counter()
     serve.run(build_app(app_args), name="stt", route_prefix="/")
     print(f"serve app up in {time.perf_counter() - started:.1f} s", flush=True)

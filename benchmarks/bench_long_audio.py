@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the recording builder shared with the tests
 
 from assembled_audio import assemble  # noqa: E402
+from local_serve import start_local_serve  # noqa: E402
 
 AUDIO_DIR = ROOT.parent / "shared" / "audio"
 MODES = {
@@ -105,12 +105,7 @@ def main() -> None:
     # Every mode is deployed at once and the repeats interleave them, so load that comes and goes (a shared machine)
     # falls on all modes alike. Each mode has its own model replica: on a GPU, pass fewer --modes if memory is short.
     modes = args.modes.split(",")
-    from serve_app.ray_env import apply_serve_env
-
-    apply_serve_env()  # what `make serve` runs: HAProxy in front of the ingress
-    ray.init(address="local", num_cpus=args.num_cpus or max(os.cpu_count() or 1, 8), include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve(num_cpus=args.num_cpus or max(os.cpu_count() or 1, 8))
     urls, walls, bodies = {}, {m: [] for m in modes}, {}
     try:
         for mode in modes:
@@ -210,11 +205,6 @@ def machine() -> dict:
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
     }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
+from local_serve import free_port, start_local_serve  # noqa: E402
+from serve_app.ray_env import SERVE_ENV  # noqa: E402
 
 # English clips of 3-11 s with a published reference; one file per recording, several codecs.
 DEFAULT_CLIPS = [
@@ -311,12 +311,6 @@ def http_breakdown(c1: list[Result], layers: dict[str, dict[str, float]]) -> dic
 # --- servers ---
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_peer(python: str, model_dir: str, port: int, batch_size: int, workdir: str) -> subprocess.Popen:
     config = {
         "models": [
@@ -362,10 +356,7 @@ def start_serve(args: dict) -> tuple[str, Path]:
 
     from serve_app.app import build_app
 
-    port = free_port()
-    apply_serve_env()  # what `make serve` runs: HAProxy in front of the ingress
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    port = start_local_serve()
     serve.run(build_app(args), name="stt", route_prefix="/")
     log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     return f"http://127.0.0.1:{port}", log_dir
