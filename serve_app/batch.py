@@ -167,12 +167,12 @@ class Progress:
         self.bar.close()
 
 
-def write_subtitles(out: OutputDir, rows: list[dict], inputs: Inputs, formats: list[str], task: str) -> None:
-    """One file per transcribed row and format, at its path below the inputs' common folder."""
+def write_subtitles(out: OutputDir, rows: list[dict], prefix: str, root: str, formats: list[str], task: str) -> None:
+    """One file per transcribed row and format, at its path below ``root``, the inputs' common folder."""
     for fmt in formats:
         for row in rows:
             if not row["error"]:
-                relative = posixpath.relpath(row["path"][len(inputs.prefix) :], inputs.root)
+                relative = posixpath.relpath(row["path"][len(prefix) :], root)
                 out.write_subtitle(f"{relative}.{fmt}", RENDERERS[fmt](row_transcript(row), task)[0])
 
 
@@ -202,9 +202,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             ray.data.DataContext.get_current().enable_progress_bars = False
             dataset = build_dataset(inputs, todo, model, config.limits, config.chunking, args)
+            root = inputs.root  # a common path over every input: once per job, not once per file
             for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                 rows = block.to_pylist()
-                write_subtitles(out, rows, inputs, args.format, args.task)
+                write_subtitles(out, rows, inputs.prefix, root, args.format, args.task)
                 out.write_part(rows)  # after the subtitles: a part on disk means everything for its files is there
                 progress.update(rows)
         finally:
