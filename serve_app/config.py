@@ -83,15 +83,19 @@ class VoxtralConfig(Strict):
     config_format: str = "mistral"
     load_format: str = "mistral"
     dtype: str = "bfloat16"
-    # "fp8": vLLM quantizes the linear layers' weights to FP8 at load (Hopper and later); the bytes it frees go to the
-    # KV cache. H100, 0.15 share: 2x the throughput on 30 s clips, slower short requests (benchmarks/NOTES-gpu.md).
-    quantization: Literal["fp8"] | None = None
+    # FP8 weights, quantized by vLLM at load (Hopper and later); the bytes they free go to the KV cache.
+    # "fp8": every linear layer, per-tensor scales. "fp8-language-model": the language model's linear layers only
+    # (per-channel weight and per-token activation scales); the audio encoder stays in `dtype`.
+    quantization: Literal["fp8", "fp8-language-model"] | None = None
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     max_model_len: int = 4096
     max_num_seqs: int = 32
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = False
     enforce_eager: bool = False
+    # CUDA graphs of the audio encoder for batches of up to this many 30 s windows (0: vLLM's eager encoder). Their
+    # memory (~112 MiB a window) comes out of the KV cache: serve_config.yaml pairs 4 with FP8 weights.
+    encoder_cuda_graphs: int = Field(0, ge=0, le=64)
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # GPU memory: the share of the card this replica may use (defaults to its num_gpus) and the KV cache bytes.
     gpu_share: float | None = Field(None, gt=0, le=1)

@@ -19,6 +19,10 @@ from .config import VoxtralConfig
 
 GiB = 1 << 30
 
+# The audio encoder's CUDA graphs keep a memory pool of their own, beside the engine's activations: 384-444 MiB for
+# graphs of 1-4 windows on an H100 (benchmarks/results/gpu/engine_*.json).
+ENCODER_GRAPH_BYTES_PER_WINDOW = 112 << 20
+
 # Hub ids whose weights are not on this machine, planned from their shapes (serve_app.voxtral_checkpoint's sizes).
 KNOWN_SHAPES = {"mistralai/Voxtral-Mini-3B-2507": "full"}
 
@@ -56,8 +60,9 @@ def _gib(n: int | float) -> str:
 def weights_bytes(config: VoxtralConfig) -> int:
     """Bytes of weights: from the config, the checkpoint's params.json or files, or the shapes of a known model.
 
-    With ``quantization: fp8`` the linear layers take one byte a parameter; embeddings, the output head, norms, the
-    audio convolutions and the adapter stay in ``dtype`` (what vLLM's FP8 quantizes).
+    With ``quantization: fp8`` the linear layers take one byte a parameter, with ``fp8-language-model`` only the
+    language model's; embeddings, the output head, norms, the audio convolutions and the adapter stay in ``dtype``
+    (what vLLM's FP8 quantizes).
     """
     if config.weights_bytes:
         return config.weights_bytes
@@ -67,26 +72,29 @@ def weights_bytes(config: VoxtralConfig) -> int:
     params = _params(config)
     if params is None:
         raise BudgetError(f"Cannot tell the size of {config.model!r}'s weights: set voxtral.weights_bytes in the config.")
-    linear, other = _parameter_counts(params)
+    lm_linear, encoder_linear, other = _parameter_counts(params)
     bytes_per = 4 if config.dtype in ("float32", "float") else 2
-    return (linear * (1 if config.quantization == "fp8" else bytes_per)) + other * bytes_per
+    lm_bytes = 1 if config.quantization in ("fp8", "fp8-language-model") else bytes_per
+    encoder_bytes = 1 if config.quantization == "fp8" else bytes_per
+    return lm_linear * lm_bytes + encoder_linear * encoder_bytes + other * bytes_per
 
 
-def _parameter_counts(p: dict) -> tuple[int, int]:
-    """(linear-layer, other) parameter counts of a Mistral-format Voxtral from its params.json."""
+def _parameter_counts(p: dict) -> tuple[int, int, int]:
+    """(language-model linear, audio-encoder linear, other) parameter counts of a Mistral-format Voxtral."""
     q, kv = p["n_heads"] * p["head_dim"], p["n_kv_heads"] * p["head_dim"]
     linear = p["n_layers"] * (p["dim"] * (2 * q + 2 * kv) + 3 * p["dim"] * p["hidden_dim"])
+    encoder_linear = 0
     other = p["n_layers"] * 2 * p["dim"] + 2 * p["vocab_size"] * p["dim"] + p["dim"]
     whisper = p.get("multimodal", {}).get("whisper_model_args")
     if whisper:
         e = whisper["encoder_args"]
         eq = e["n_heads"] * e["head_dim"]
-        linear += e["n_layers"] * (4 * e["dim"] * eq + 2 * e["dim"] * e["hidden_dim"])
+        encoder_linear = e["n_layers"] * (4 * e["dim"] * eq + 2 * e["dim"] * e["hidden_dim"])
         other += e["n_layers"] * (9 * e["dim"] + 2 * eq + e["hidden_dim"])
         mels = e["audio_encoding_args"]["num_mel_bins"]
         other += e["dim"] * mels * 3 + e["dim"] * e["dim"] * 3 + 4 * e["dim"]
         other += p["dim"] * e["dim"] * whisper["downsample_args"]["downsample_factor"] + p["dim"] * p["dim"]
-    return linear, other
+    return linear, encoder_linear, other
 
 
 def _params(config: VoxtralConfig) -> dict | None:
@@ -111,7 +119,7 @@ def kv_bytes_per_token(config: VoxtralConfig) -> int | None:
 def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> MemoryPlan:
     """The bytes this replica may use and how they split; raises BudgetError if the model does not fit its share."""
     weights = weights_bytes(config)
-    activations = config.activation_reserve_bytes
+    activations = config.activation_reserve_bytes + config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW
     budget = int(share * device_bytes)
     kv = config.kv_cache_memory_bytes or budget - weights - activations
     plan = MemoryPlan(device_bytes, share, weights, activations, kv)
@@ -121,7 +129,7 @@ def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> Memor
         raise BudgetError(
             f"{config.model} does not fit its GPU share: {plan.describe()} exceeds the budget, or the KV cache is"
             f" below one full sequence ({_gib(needed_kv)} for max_model_len {config.max_model_len}). Raise num_gpus,"
-            " lower max_model_len, or set kv_cache_memory_bytes."
+            " lower max_model_len or encoder_cuda_graphs, use FP8 weights, or set kv_cache_memory_bytes."
         )
     return plan
 

@@ -129,3 +129,32 @@ def test_planner_counts_deployment_overrides_of_other_apps(tmp_path, production)
     )
     code, out = _run_planner(tmp_path, other, "--gpus", "1")
     assert code == 1 and "tts/TTS" in out
+
+
+def test_fp8_language_model_keeps_the_audio_encoder_in_bf16(full_size_dir):
+    model = dict(model=str(full_size_dir), load_format="dummy")
+    lm_only = weights_bytes(VoxtralConfig(**model, quantization="fp8-language-model"))
+    everything = weights_bytes(VoxtralConfig(**model, quantization="fp8"))
+    # The encoder's 32 layers keep 2 bytes for their 629 M linear parameters: 5.72 GiB, as loaded on the H100.
+    assert lm_only == pytest.approx(5.72 * GiB, rel=0.01)
+    assert lm_only - everything == 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120)
+
+
+def test_encoder_graphs_are_paid_for_out_of_the_kv_cache(full_size_dir):
+    model = dict(model=str(full_size_dir), load_format="dummy", quantization="fp8-language-model")
+    eager = plan_memory(VoxtralConfig(**model), 0.15, H100)
+    graphs = plan_memory(VoxtralConfig(**model, encoder_cuda_graphs=4), 0.15, H100)
+    assert graphs.activation_bytes - eager.activation_bytes == 4 * 112 * 2**20  # 384-444 MiB measured for 1-4 windows
+    assert graphs.kv_cache_bytes == eager.kv_cache_bytes - 4 * 112 * 2**20
+    # bf16 weights leave too little for the graphs and one 4096-token sequence: refused, with the way out named
+    with pytest.raises(BudgetError, match="encoder_cuda_graphs"):
+        plan_memory(VoxtralConfig(model=str(full_size_dir), load_format="dummy", encoder_cuda_graphs=4), 0.15, H100)
+
+
+def test_the_production_config_fits_its_share_with_room_for_its_batch():
+    app = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
+    voxtral = next(m for m in app["models"] if m["backend"] == "voxtral")
+    config = VoxtralConfig(**voxtral["voxtral"])
+    plan = plan_memory(config, voxtral["deployment"]["ray_actor_options"]["num_gpus"], H100)
+    # ~430 tokens a request (375 of audio): the KV cache holds most of max_num_seqs at once
+    assert plan.kv_cache_bytes // kv_bytes_per_token(config) >= 0.75 * config.max_num_seqs * 430

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import VoxtralConfig
 from ..errors import BackendUnavailable, InvalidRequest
+from .voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
 from ..transcript import (
     SAMPLE_RATE,
     ChatOptions,
@@ -51,7 +52,6 @@ class VoxtralBackend:
             config_format=config.config_format,
             load_format=config.load_format,
             dtype=config.dtype,
-            quantization=config.quantization,
             kv_cache_dtype=config.kv_cache_dtype,
             max_model_len=config.max_model_len,
             max_num_seqs=config.max_num_seqs,
@@ -60,15 +60,27 @@ class VoxtralBackend:
             enforce_eager=config.enforce_eager,
             generation_config="vllm",  # Mistral-format checkpoints have no generation_config.json
             limit_mm_per_prompt={"audio": 8},
-            disable_log_stats=True,
             **memory,
-            **config.engine_kwargs,
+            **_quantization_args(config.quantization),
+            **self._engine_defaults(),
         )
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
         log.info("voxtral %s loaded on %s in %.1f s (%s)", config.model, self.device, time.perf_counter() - started, memory)
+
+    def _engine_defaults(self) -> dict:
+        """What this backend sets unless ``engine_kwargs`` says otherwise."""
+        graphs = self.config.encoder_cuda_graphs if self.device == "cuda" else 0
+        extra = self.config.engine_kwargs
+        return {
+            "disable_log_stats": True,
+            # Every clip differs: vLLM's cache of processed audio would only copy and hold it.
+            "mm_processor_cache_gb": 0,
+            **extra,
+            "additional_config": {ENCODER_GRAPHS_KEY: graphs, **extra.get("additional_config", {})},
+        }
 
     def _memory_args(self, gpu_share: float | None) -> dict:
         if self.device == "cpu":
@@ -188,6 +200,9 @@ class VoxtralBackend:
 
     async def _run(self, prompt: dict, params, request_id: str | None):
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
+        if "multi_modal_data" in prompt:  # ids instead of hashing megabytes of audio that never repeats
+            n = len(prompt["multi_modal_data"]["audio"])
+            prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
             async for output in self.engine.generate(prompt, params, request_id=rid):
                 yield output
@@ -219,6 +234,12 @@ def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cach
             raise InvalidRequest(f"Invalid transcription request: {e}", param="language") from None
         cache[key] = instruct.encode_transcription(request).tokens
     return {"prompt_token_ids": cache[key], "multi_modal_data": {"audio": [(padded, SAMPLE_RATE)]}}
+
+
+def _quantization_args(quantization: str | None) -> dict:
+    if quantization == "fp8-language-model":
+        return {"quantization": "fp8_per_channel", "quantization_config": {"ignore": ["re:.*whisper_encoder.*"]}}
+    return {"quantization": quantization}
 
 
 def _device(setting: str) -> str:

@@ -1,0 +1,72 @@
+"""How the Voxtral backend sets up vLLM: quantization choices, and the audio encoder's CUDA graphs as a vLLM plugin.
+
+The graphs themselves need a GPU: the H100 runs check them against the eager encoder when they are captured
+(``|graph - eager| 0`` in benchmarks/results/gpu/). Here: the plugin is installed and registered, and everything the
+graphs do not cover (a CPU tensor, another shape) goes to vLLM's own encoder unchanged.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+
+from serve_app.backends.voxtral import _quantization_args
+from serve_app.backends.voxtral_encoder_graphs import EncoderGraphs
+
+
+def test_the_plugin_is_installed_and_serves_voxtral_with_the_graphed_class():
+    plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert plugins["stt_voxtral_encoder_graphs"] == "serve_app.backends.voxtral_encoder_graphs:register"
+
+    from vllm.model_executor.models.registry import ModelRegistry
+    from vllm.model_executor.models.voxtral import VoxtralForConditionalGeneration
+    from vllm.plugins import load_general_plugins
+
+    load_general_plugins()
+    cls = ModelRegistry._try_load_model_cls("VoxtralForConditionalGeneration")
+    assert cls.__name__ == "GraphedVoxtral" and issubclass(cls, VoxtralForConditionalGeneration)
+    assert cls._processor_factory is VoxtralForConditionalGeneration._processor_factory  # same audio processing
+
+
+def test_what_the_graphs_do_not_cover_runs_the_eager_encoder():
+    calls = []
+
+    def eager(features):
+        calls.append(features)
+        return features[0] * 2
+
+    graphs = EncoderGraphs(eager, max_batch=4)
+    x = torch.ones(3, 128, 3000)
+    assert torch.equal(graphs([x]), x * 2)  # on the CPU
+    assert torch.equal(graphs([x, x]), x * 2)  # not one batched tensor
+    assert len(calls) == 2 and not graphs.graphs and graphs.window_shape is None
+
+
+@pytest.mark.parametrize(
+    "setting, engine",
+    [
+        (None, {"quantization": None}),
+        ("fp8", {"quantization": "fp8"}),
+        (
+            "fp8-language-model",
+            {"quantization": "fp8_per_channel", "quantization_config": {"ignore": ["re:.*whisper_encoder.*"]}},
+        ),
+    ],
+)
+def test_quantization_settings_map_to_vllm(setting, engine):
+    assert _quantization_args(setting) == engine
+
+
+def test_the_encoder_ignore_pattern_matches_the_encoder_layers_only():
+    from vllm.model_executor.layers.quantization.compressed_tensors.utils import should_ignore_layer
+
+    ignore = _quantization_args("fp8-language-model")["quantization_config"]["ignore"]
+    fused = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+    encoder = "whisper_encoder.whisper_encoder.layers.3.self_attn.qkv_proj"
+    language_model = "language_model.model.layers.3.self_attn.qkv_proj"
+    assert should_ignore_layer(encoder, ignore=ignore, fused_mapping=fused)
+    assert should_ignore_layer("whisper_encoder.whisper_encoder.layers.0.mlp.fc1", ignore=ignore, fused_mapping=fused)
+    assert not should_ignore_layer(language_model, ignore=ignore, fused_mapping=fused)
+    assert not should_ignore_layer("language_model.model.layers.0.mlp.gate_up_proj", ignore=ignore, fused_mapping=fused)
