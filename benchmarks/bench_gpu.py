@@ -35,21 +35,24 @@ from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
 
 # Clip length -> output tokens of a real transcript of that length (the anchors' cases).
 CASES = {3: 23, 10: 38, 30: 108}
-DEFAULT = dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, enable_prefix_caching=False)
+BF16 = dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, enable_prefix_caching=False, encoder_cuda_graphs=0)
 PRESETS = {
     # The seed's settings: eager mode, 4 sequences.
-    "seed": dict(enforce_eager=True, max_num_seqs=4),
-    # The product defaults (serve_config.yaml).
-    "default": DEFAULT,
-    # FP8 weights: the bytes they free go to the KV cache (~37 k tokens at this share), so more sequences fit.
-    "fp8": {**DEFAULT, "quantization": "fp8", "max_num_seqs": 80},
+    "seed": dict(enforce_eager=True, max_num_seqs=4, encoder_cuda_graphs=0),
+    # The product defaults (serve_config.yaml): FP8 language model, the audio encoder in CUDA graphs, 80 sequences.
+    "default": {**BF16, "quantization": "fp8-language-model", "max_num_seqs": 80, "encoder_cuda_graphs": 4},
+    # The defaults of the first two GPU sessions: bf16, eager audio encoder, 48 sequences.
+    "bf16": BF16,
+    # FP8 in every linear layer, the audio encoder's included (per-tensor scales).
+    "fp8": {**BF16, "quantization": "fp8", "max_num_seqs": 80},
     # More clips per engine step (36 -> 43 requests/s on 3 s clips), but its activations pass the bf16 share.
-    "default-8192": {**DEFAULT, "max_num_batched_tokens": 8192},
+    "bf16-8192": {**BF16, "max_num_batched_tokens": 8192},
 }
 
 
-def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: int | None = None, num_gpus: float = 0.15) -> dict:
-    engine = PRESETS[preset]
+def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: int | None = None, num_gpus: float = 0.15,
+                  overrides: dict | None = None) -> dict:  # fmt: skip
+    engine = PRESETS[preset] | (overrides or {})
     return {
         "name": "voxtral",
         "backend": "voxtral",
@@ -251,30 +254,63 @@ class GpuUtilization:
         self.mean = round(float(np.mean(values)), 1) if values else None
 
 
+async def timeline(backend, clip: np.ndarray, tokens: int) -> dict:
+    """Where one request's time goes (ms), from vLLM's own request timestamps (needs ``disable_log_stats: False``)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    started_wall, started = time.time(), time.perf_counter()
+    prompt = backend._transcription_prompt(clip, "en")
+    params = backend._params(prompt, tokens, 0.0, 1.0, True, RequestOutputKind.FINAL_ONLY, detokenize=False)
+    async for final in backend._run(prompt, params, None):
+        pass
+    total = time.perf_counter() - started
+    m = final.metrics
+    prep = m.arrival_time - started_wall
+    queue, prefill = m.scheduled_ts - m.queued_ts, m.first_token_ts - m.scheduled_ts
+    decode = m.last_token_ts - m.first_token_ts
+    ms = lambda x: round(1000 * x, 2)  # noqa: E731
+    return {
+        "total": ms(total), "before_arrival": ms(prep), "first_token_latency": ms(m.first_token_latency),
+        "engine_queue": ms(queue), "engine_encoder_and_prefill": ms(prefill), "engine_decode": ms(decode),
+        "engine_per_decode_token": ms(decode / max(1, tokens - 1)),
+        "frontend_and_ipc_before_first_token": ms(m.first_token_latency - queue - prefill),
+        "after_last_token": ms(total - prep - m.first_token_latency - decode),
+    }  # fmt: skip
+
+
+def median_timeline(rows: list[dict]) -> dict:
+    return {k: round(float(np.median([r[k] for r in rows])), 2) for k in rows[0]}
+
+
 def cmd_engine(a) -> dict:
     """The engine alone, one configuration per --variant (JSON engine overrides on the preset): latency at
-    concurrency 1 and throughput at 128 per clip length, GPU utilization while loaded; optionally py-spy on the
-    engine core during the 10 s throughput case."""
+    concurrency 1 with its timeline and throughput at 128 per clip length, GPU utilization while loaded; optionally
+    py-spy on the engine core during the 10 s throughput case. A variant that fails is recorded and skipped."""
     from serve_app.backends.voxtral import VoxtralBackend
     from serve_app.config import VoxtralModelConfig
 
     maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=3)
+    cases = {int(s): CASES[int(s)] for s in a.cases.split(",")}
     out = []
     for i, variant in enumerate(a.variant or ["{}"]):
         overrides = json.loads(variant)
         model = voxtral_model(a.model_dir, a.preset)
         model["voxtral"] |= overrides
+        model["voxtral"]["engine_kwargs"] = {"disable_log_stats": False, **model["voxtral"].get("engine_kwargs", {})}
         config = VoxtralModelConfig.model_validate(model).voxtral
         row: dict = {"preset": a.preset, "overrides": overrides}
 
         async def run():
+            started = time.perf_counter()
             backend = VoxtralBackend(config, gpu_share=a.num_gpus)
+            row["start_s"] = round(time.perf_counter() - started, 1)
             await backend.warm_up()
             row["gpu_memory"] = gpu_memory()
-            for seconds, tokens in CASES.items():
+            for seconds, tokens in cases.items():
                 send = direct_sender(backend, tokens)
                 await run_load(send, [maker.clip(seconds) for _ in range(8)], 8)
                 c1 = await run_load(send, [maker.clip(seconds) for _ in range(12)], 1)
+                row[f"{seconds}s_timeline_c1_median_ms"] = median_timeline([await timeline(backend, maker.clip(seconds), tokens) for _ in range(12)])
                 spy = None
                 if a.py_spy and seconds == 10:
                     engine_pid = subprocess.run(["pgrep", "-f", "VLLM::EngineCore"], capture_output=True, text=True).stdout.split()[-1]
@@ -287,20 +323,29 @@ def cmd_engine(a) -> dict:
                 row[f"{seconds}s"] = {"c1_p50_s": c1["p50_s"], "c1_p95_s": c1["p95_s"], "c128_audio_s_per_s": c128["audio_s_per_s"],
                                       "c128_p50_s": c128["p50_s"], "c128_requests_per_s": round(c128["requests"] / c128["wall_s"], 1),
                                       "c128_gpu_util_mean": util.mean, "errors": c1["errors"] + c128["errors"]}  # fmt: skip
-                print(json.dumps({"variant": overrides, f"{seconds}s": row[f"{seconds}s"]}), flush=True)
+                print(json.dumps({"variant": overrides, f"{seconds}s": row[f"{seconds}s"],
+                                  "timeline": row[f"{seconds}s_timeline_c1_median_ms"]}), flush=True)  # fmt: skip
+            row["gpu_memory_after_load"] = gpu_memory()
             backend.shutdown()
 
-        asyncio.run(run())
+        try:
+            asyncio.run(run())
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"
+            print(json.dumps(row), flush=True)
         out.append(row)
+        Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "engine_variants": out}, indent=2))  # partial
     return {"engine_variants": out}
 
 
 def cmd_speed(a) -> dict:
     maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=2)
     concurrencies = [int(c) for c in a.concurrency.split(",")]
-    result: dict = {"preset": a.preset, "engine": PRESETS[a.preset], "replicas": a.replicas}
+    overrides = json.loads(a.engine_json)
+    result: dict = {"preset": a.preset, "engine": PRESETS[a.preset] | overrides, "replicas": a.replicas}
     ingress = {"deployment": {"num_replicas": a.ingress_replicas, "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 1}}}
-    base = start_serve({"models": [voxtral_model(a.model_dir, a.preset, a.replicas, a.max_ongoing, a.num_gpus)], "ingress": ingress})
+    model = voxtral_model(a.model_dir, a.preset, a.replicas, a.max_ongoing, a.num_gpus, overrides)
+    base = start_serve({"models": [model], "ingress": ingress})
     result["gpu_memory_serving"] = gpu_memory()
     result["http"] = asyncio.run(matrix(lambda t: http_sender(base, t), maker, concurrencies, a.budget_audio_s))
     result["http_throughput_128"] = asyncio.run(throughput_128(lambda t: http_sender(base, t), maker, a.throughput_n))
@@ -309,7 +354,7 @@ def cmd_speed(a) -> dict:
         from serve_app.backends.voxtral import VoxtralBackend
         from serve_app.config import VoxtralModelConfig
 
-        model = VoxtralModelConfig.model_validate(voxtral_model(a.model_dir, a.preset))
+        model = VoxtralModelConfig.model_validate(voxtral_model(a.model_dir, a.preset, overrides=overrides))
 
         async def direct():  # one event loop for the engine's whole life: AsyncLLM is bound to the loop it starts on
             backend = VoxtralBackend(model.voxtral, gpu_share=a.num_gpus or None)
@@ -340,6 +385,8 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,8,32,128")
     p.add_argument("--budget-audio-s", type=float, default=2000, help="audio seconds per case at most")
     p.add_argument("--throughput-n", type=int, default=384)
+    p.add_argument("--cases", default="3,10,30", help="engine: clip lengths to run (of 3,10,30)")
+    p.add_argument("--engine-json", default="{}", help="speed: JSON overrides of the preset's voxtral settings")
     p.add_argument("--variant", action="append", help="engine: JSON overrides of the preset's voxtral settings (repeatable)")
     p.add_argument("--py-spy", help="engine: path to py-spy, to sample the engine core during the 10 s case")
     p.add_argument("--hold-gib", type=float, default=50)
