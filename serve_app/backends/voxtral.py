@@ -20,7 +20,6 @@ import numpy as np
 
 from ..config import VoxtralConfig
 from ..errors import BackendUnavailable, InvalidRequest
-from .voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
 from ..transcript import (
     SAMPLE_RATE,
     ChatOptions,
@@ -30,6 +29,7 @@ from ..transcript import (
     Transcript,
     duration_of,
 )
+from .voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
 
 log = logging.getLogger("ray.serve")
 
