@@ -62,21 +62,20 @@ class EncoderGraphs:
     def __init__(self, forward, max_batch: int):
         self.forward = forward
         self.max_batch = max_batch
-        self.graphs: dict[int, tuple] = {}
-        self.window_shape: tuple | None = None
+        self.graphs: dict[int, tuple] = {}  # batch size -> (graph, static input, static output)
+        self.window_shape: tuple | None = None  # set by the capture: (mel bins, frames)
+        self.dtype = None
         self.disabled = False
 
     def __call__(self, input_features):
         import torch
 
         x = input_features[0] if isinstance(input_features, list) and len(input_features) == 1 else None
-        if x is None or self.disabled or not x.is_cuda or x.dim() != 3 or torch.cuda.is_current_stream_capturing():
+        if x is None or not x.is_cuda or x.dim() != 3 or torch.cuda.is_current_stream_capturing():
             return self.forward(input_features)
         if self.window_shape is None:
             self._capture(x)
-            if self.disabled:
-                return self.forward(input_features)
-        if tuple(x.shape[1:]) != self.window_shape or x.dtype != self.dtype:
+        if self.disabled or tuple(x.shape[1:]) != self.window_shape or x.dtype != self.dtype:
             return self.forward(input_features)
         parts = [self._replay(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -109,13 +108,10 @@ class EncoderGraphs:
                 graph.replay()
                 worst = max(worst, (static_out.float() - eager.float()).abs().max().item() / (eager.float().abs().max().item() or 1))
                 self.graphs[n] = (graph, static_in, static_out)
-        except Exception as e:  # an attention backend that cannot be captured, out of memory, ...
+            if worst > 1e-2:
+                raise ValueError(f"they differ from the eager encoder by {worst:.3g}")
+        except Exception as e:  # an attention backend that cannot be captured, out of memory, a mismatch, ...
             log.warning("audio encoder CUDA graphs disabled, the encoder runs eagerly: %s", e)
-            self.graphs.clear()
-            self.disabled = True
-            return
-        if worst > 1e-2:
-            log.warning("audio encoder CUDA graphs disabled: they differ from the eager encoder by %.3g", worst)
             self.graphs.clear()
             self.disabled = True
             return
