@@ -67,6 +67,14 @@ def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: i
     }
 
 
+def product_chunking() -> dict:
+    """serve_config.yaml's chunking block, so the HTTP path is measured with the production speech check."""
+    import yaml
+
+    apps = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
+    return next(app for app in apps if app["name"] == "stt")["args"].get("chunking", {})
+
+
 def gpu_memory() -> dict:
     try:
         return _nvidia_smi()
@@ -278,6 +286,15 @@ async def timeline(backend, clip: np.ndarray, tokens: int) -> dict:
     }  # fmt: skip
 
 
+def py_spy(a, process: str | None, name: str, seconds: int) -> subprocess.Popen:
+    """Samples a process for ``seconds`` at 200 Hz into ``<out>.<name>.txt`` (folded stacks): vLLM's engine core,
+    found by its process title, or with ``process=None`` this one (where ``AsyncLLM``'s front end runs)."""
+    pid = str(os.getpid()) if process is None else subprocess.run(["pgrep", "-f", f"VLLM::{process}"], capture_output=True, text=True).stdout.split()[-1]
+    out = str(Path(a.out).with_suffix(f".{name}.txt"))
+    return subprocess.Popen([a.py_spy, "record", "-p", pid, "-d", str(seconds), "-r", "200", "--threads", "-f", "raw", "-o", out],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+
+
 def median_timeline(rows: list[dict]) -> dict:
     return {k: round(float(np.median([r[k] for r in rows])), 2) for k in rows[0]}
 
@@ -285,7 +302,8 @@ def median_timeline(rows: list[dict]) -> dict:
 def cmd_engine(a) -> dict:
     """The engine alone, one configuration per --variant (JSON engine overrides on the preset): latency at
     concurrency 1 with its timeline and throughput at 128 per clip length, GPU utilization while loaded; optionally
-    py-spy on the engine core during the 10 s throughput case. A variant that fails is recorded and skipped."""
+    py-spy on the engine core for 3 s clips one at a time, and on the engine core and the front end (this process)
+    during the 10 s throughput case. A variant that fails is recorded and skipped."""
     from serve_app.backends.voxtral import VoxtralBackend
     from serve_app.config import VoxtralModelConfig
 
@@ -311,14 +329,15 @@ def cmd_engine(a) -> dict:
                 await run_load(send, [maker.clip(seconds) for _ in range(8)], 8)
                 c1 = await run_load(send, [maker.clip(seconds) for _ in range(12)], 1)
                 row[f"{seconds}s_timeline_c1_median_ms"] = median_timeline([await timeline(backend, maker.clip(seconds), tokens) for _ in range(12)])
-                spy = None
-                if a.py_spy and seconds == 10:
-                    engine_pid = subprocess.run(["pgrep", "-f", "VLLM::EngineCore"], capture_output=True, text=True).stdout.split()[-1]
-                    spy = subprocess.Popen([a.py_spy, "record", "-p", engine_pid, "-d", "6", "-r", "200", "-f", "raw", "-o",
-                                            str(Path(a.out).with_suffix(f".v{i}.engine.txt"))], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+                if a.py_spy and seconds == 3:  # one request at a time: what the engine core does per step
+                    spies = [py_spy(a, "EngineCore", f"v{i}.c1.engine", 3)]
+                    await run_load(send, [maker.clip(seconds) for _ in range(40)], 1)
+                    for spy in spies:
+                        spy.wait(30)
+                spies = [py_spy(a, "EngineCore", f"v{i}.c128.engine", 5), py_spy(a, None, f"v{i}.c128.frontend", 5)] if a.py_spy and seconds == 10 else []
                 with GpuUtilization() as util:
                     c128 = await run_load(send, [maker.clip(seconds) for _ in range(a.throughput_n)], 128)
-                if spy:
+                for spy in spies:
                     spy.wait(30)
                 row[f"{seconds}s"] = {"c1_p50_s": c1["p50_s"], "c1_p95_s": c1["p95_s"], "c128_audio_s_per_s": c128["audio_s_per_s"],
                                       "c128_p50_s": c128["p50_s"], "c128_requests_per_s": round(c128["requests"] / c128["wall_s"], 1),
@@ -342,10 +361,11 @@ def cmd_speed(a) -> dict:
     maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=2)
     concurrencies = [int(c) for c in a.concurrency.split(",")]
     overrides = json.loads(a.engine_json)
-    result: dict = {"preset": a.preset, "engine": PRESETS[a.preset] | overrides, "replicas": a.replicas}
+    chunking = product_chunking()
+    result: dict = {"preset": a.preset, "engine": PRESETS[a.preset] | overrides, "replicas": a.replicas, "chunking": chunking}
     ingress = {"deployment": {"num_replicas": a.ingress_replicas, "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 1}}}
     model = voxtral_model(a.model_dir, a.preset, a.replicas, a.max_ongoing, a.num_gpus, overrides)
-    base = start_serve({"models": [model], "ingress": ingress})
+    base = start_serve({"models": [model], "ingress": ingress, "chunking": chunking})
     result["gpu_memory_serving"] = gpu_memory()
     result["http"] = asyncio.run(matrix(lambda t: http_sender(base, t), maker, concurrencies, a.budget_audio_s))
     result["http_throughput_128"] = asyncio.run(throughput_128(lambda t: http_sender(base, t), maker, a.throughput_n))
@@ -388,7 +408,7 @@ def main() -> None:
     p.add_argument("--cases", default="3,10,30", help="engine: clip lengths to run (of 3,10,30)")
     p.add_argument("--engine-json", default="{}", help="speed: JSON overrides of the preset's voxtral settings")
     p.add_argument("--variant", action="append", help="engine: JSON overrides of the preset's voxtral settings (repeatable)")
-    p.add_argument("--py-spy", help="engine: path to py-spy, to sample the engine core during the 10 s case")
+    p.add_argument("--py-spy", help="engine: path to py-spy, to sample the engine core and the front end")
     p.add_argument("--hold-gib", type=float, default=50)
     p.add_argument("--churn-gib", type=float, default=4)
     a = p.parse_args()

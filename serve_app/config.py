@@ -143,12 +143,15 @@ class LimitsConfig(Strict):
 class ChunkingConfig(Strict):
     """Long audio: voice-activity detection cuts a request into speech chunks that the backend transcribes concurrently.
 
-    Every request is checked by the VAD when enabled: audio with no speech gets an empty transcript without calling
-    the backend. Audio longer than ``chunk_above_s`` is cut into chunks of at most ``max_chunk_s``; shorter audio goes
-    to the backend whole.
+    Every request is checked by the VAD when enabled: audio with no speech gets an empty transcript. Audio longer
+    than ``chunk_above_s`` is cut into chunks of at most ``max_chunk_s``; shorter audio goes to the backend whole,
+    after the check (``speech_check: before``: silence never reaches the backend) or alongside it (``alongside``: the
+    backend starts at once and silence cancels it, which takes the check's few milliseconds off every request; for
+    backends that drop cancelled work, like vLLM's engine).
     """
 
     enabled: bool = True
+    speech_check: Literal["before", "alongside"] = "before"
     max_chunk_s: float = Field(30.0, ge=2, le=600)
     chunk_above_s: float = Field(30.0, ge=0, description="audio up to this long is sent whole; 0 always cuts")
     max_gap_s: float = Field(3.0, gt=0, description="a silence longer than this always ends a chunk")

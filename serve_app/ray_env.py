@@ -5,13 +5,25 @@ HAProxy with direct ingress: Ray Serve's bundled HAProxy takes the HTTP connecti
 to the ingress replicas, which serve HTTP themselves, instead of Serve's Python proxy actor relaying each request to a
 replica over gRPC. On the 2-core CPU box that removed the proxy's CPU from every request: at 4 concurrent clients
 the HTTP path went from 16.9 to 18.9 audio-s/s (benchmarks/results/whisper_http_cpu.json).
+
+Throughput-optimized mode (Ray's documented pair to HAProxy): handle calls between replicas over direct gRPC, user
+code and the router on the replica's own event loop, the GC frozen after start-up. What one request's trip through
+HAProxy, the ingress and a handle call costs fell from 7.1-8.9 to 3.2-4.4 ms at p50 on the 2-core CPU box
+(benchmarks/serve_overhead.py). The mode would also stop replica logs on stderr and buffer the per-request log
+lines; both stay as they were, so ``serve run`` and ``kubectl logs`` show every request at once.
 """
 
 from __future__ import annotations
 
 import os
 
-SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+SERVE_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+}
 
 
 def apply_serve_env() -> None:

@@ -55,16 +55,28 @@ class Transcriber:
             return whole if await asyncio.to_thread(has_speech, audio, self.chunking) else []
         return await asyncio.to_thread(speech_chunks, audio, self.chunking)
 
+    def _checks_alongside(self, audio: np.ndarray) -> bool:
+        c = self.chunking
+        return c.enabled and c.speech_check == "alongside" and duration_of(audio) <= c.chunk_above_s
+
     async def _results(self, audio: np.ndarray, options: TranscribeOptions) -> AsyncIterator[ChunkResult]:
         """All chunks start at once (up to ``max_parallel_chunks``); their results come back in order."""
         limit = asyncio.Semaphore(self.chunking.max_parallel_chunks)  # per request
-        tasks = [asyncio.ensure_future(self._chunk(audio, c, options, limit)) for c in await self._chunks(audio)]
+        start = lambda chunk: asyncio.ensure_future(self._chunk(audio, chunk, options, limit))  # noqa: E731
+        tasks: list[asyncio.Future] = []
         try:
+            if self._checks_alongside(audio):
+                tasks = [start(Chunk(0, len(audio)))]
+                if not await asyncio.to_thread(has_speech, audio, self.chunking):
+                    return  # silence: the answer is empty, whatever the backend would have said
+            else:
+                tasks = [start(c) for c in await self._chunks(audio)]
             for task in tasks:
                 yield await task
-        finally:  # the client went away or a chunk failed: stop the rest
+        finally:  # the client went away, a chunk failed or there was no speech: stop the rest
             for task in tasks:
                 task.cancel()
+                task.add_done_callback(_retrieve)
 
     async def _chunk(
         self, audio: np.ndarray, chunk: Chunk, options: TranscribeOptions, limit: asyncio.Semaphore
@@ -75,6 +87,12 @@ class Transcriber:
         async with limit:
             t = await self.backend.transcribe(audio[chunk.start : chunk.end], options)
         return place(t, chunk, self.chunking.cut_repetitions)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Marks a dropped task's outcome as seen, so asyncio logs no 'exception was never retrieved' for it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def place(t: Transcript, chunk: Chunk, cut_repetitions: bool = True) -> ChunkResult:

@@ -257,6 +257,38 @@ def test_silence_and_noise_never_reach_the_backend(whisper):
     assert backend.calls == []
 
 
+class CancelRecordingBackend:
+    """Passes calls through and records which ones were cancelled while in flight."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = self.cancelled = 0
+
+    async def transcribe(self, audio, options):
+        self.calls += 1
+        try:
+            return await self.inner.transcribe(audio, options)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+def test_speech_check_alongside_starts_the_backend_at_once_and_silence_cancels_it(whisper, audio_dir):
+    alongside = CONFIG.model_copy(update={"speech_check": "alongside"})
+    backend = CancelRecordingBackend(whisper)
+    noise = _noise(5, -45)
+    t = asyncio.run(Transcriber(backend, alongside).transcribe(noise, TranscribeOptions()))
+    assert (t.text, t.segments) == ("", [])
+    assert (backend.calls, backend.cancelled) == (1, 1)  # it was in flight when the check said "no speech"
+
+    speech = load_file(str(audio_dir / "en_jfk_inaugural_16k.wav"))
+    backend = CancelRecordingBackend(whisper)
+    a = asyncio.run(Transcriber(backend, alongside).transcribe(speech, TranscribeOptions()))
+    b = asyncio.run(Transcriber(whisper, CONFIG).transcribe(speech, TranscribeOptions()))
+    assert (backend.calls, backend.cancelled) == (1, 0)
+    assert a.text == b.text and "ask not" in a.text.lower()
+
+
 def test_chunks_go_to_the_backend_concurrently_and_come_back_in_order(whisper, audio_dir):
     audio = load_file(str(audio_dir / "en_librivox_sonnet001.mp3"))
     concurrent, sequential = CountingBackend(whisper), CountingBackend(whisper)
