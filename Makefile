@@ -15,10 +15,11 @@ export RAY_AUTH_MODE ?= token
 # Ray Serve's HAProxy in front of the ingress replicas instead of its Python proxy (serve_app/ray_env.py says why).
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_ENABLE_DIRECT_INGRESS ?= 1
-# Ray's throughput-optimized mode (gRPC between replicas), keeping request logs unbuffered and on stderr.
+# Ray's throughput-optimized mode (gRPC between replicas); serve_app/ray_env.py says which of its choices are undone.
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 export RAY_SERVE_LOG_TO_STDERR ?= 1
 export RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE ?= 1
+export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH ?= 1073741824
 # Where `serve status` / `serve shutdown` find the cluster: the dashboard URL that `serve run` prints at start.
 RAY_DASHBOARD_ADDRESS ?= http://127.0.0.1:8265
 

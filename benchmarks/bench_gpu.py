@@ -67,12 +67,23 @@ def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: i
     }
 
 
-def product_chunking() -> dict:
-    """serve_config.yaml's chunking block, so the HTTP path is measured with the production speech check."""
+def product_app() -> dict:
     import yaml
 
     apps = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
-    return next(app for app in apps if app["name"] == "stt")["args"].get("chunking", {})
+    return next(app for app in apps if app["name"] == "stt")
+
+
+def product_chunking() -> dict:
+    """serve_config.yaml's chunking block, so the HTTP path is measured with the production speech check."""
+    return product_app()["args"].get("chunking", {})
+
+
+def apply_product_env() -> None:
+    """serve_config.yaml's runtime_env variables (vLLM settings) for this process, the Ray it starts and the engines
+    it spawns, so both paths run as the product does; variables set already win."""
+    for key, value in product_app().get("runtime_env", {}).get("env_vars", {}).items():
+        os.environ.setdefault(key, str(value))
 
 
 def gpu_memory() -> dict:
@@ -156,8 +167,9 @@ async def matrix(make_sender, maker: ClipMaker, concurrencies: list[int], budget
 
 async def throughput_128(make_sender, maker: ClipMaker, n: int) -> dict:
     send = make_sender(CASES[10])
-    row = {"clip_s": 10, "output_tokens": CASES[10], **await run_load(send, [maker.clip(10) for _ in range(n)], 128)}
-    print(json.dumps({"throughput_128": row}), flush=True)
+    clips = [maker.clip(10) for _ in range(n)]
+    row = {"clip_s": 10, "output_tokens": CASES[10], **await run_load(send, clips, 128, keep_timeline=True)}
+    print(json.dumps({"throughput_128": {k: v for k, v in row.items() if k != "timeline"}}), flush=True)
     return row
 
 
@@ -194,6 +206,7 @@ def machine() -> dict:
         "vllm": __import__("vllm").__version__,
         "ray": __import__("ray").__version__,
         "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
+        "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
     }
 
 
@@ -312,11 +325,14 @@ def cmd_engine(a) -> dict:
     out = []
     for i, variant in enumerate(a.variant or ["{}"]):
         overrides = json.loads(variant)
+        env = overrides.pop("env", {})  # environment of the engine core this variant spawns (VLLM_* settings)
         model = voxtral_model(a.model_dir, a.preset)
         model["voxtral"] |= overrides
         model["voxtral"]["engine_kwargs"] = {"disable_log_stats": False, **model["voxtral"].get("engine_kwargs", {})}
         config = VoxtralModelConfig.model_validate(model).voxtral
-        row: dict = {"preset": a.preset, "overrides": overrides}
+        row: dict = {"preset": a.preset, "overrides": overrides, "env": env}
+        saved_env = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
 
         async def run():
             started = time.perf_counter()
@@ -330,13 +346,15 @@ def cmd_engine(a) -> dict:
                 c1 = await run_load(send, [maker.clip(seconds) for _ in range(12)], 1)
                 row[f"{seconds}s_timeline_c1_median_ms"] = median_timeline([await timeline(backend, maker.clip(seconds), tokens) for _ in range(12)])
                 if a.py_spy and seconds == 3:  # one request at a time: what the engine core does per step
+                    clips = [maker.clip(seconds) for _ in range(40)]  # made first: sampling covers the load only
                     spies = [py_spy(a, "EngineCore", f"v{i}.c1.engine", 3)]
-                    await run_load(send, [maker.clip(seconds) for _ in range(40)], 1)
+                    await run_load(send, clips, 1)
                     for spy in spies:
                         spy.wait(30)
-                spies = [py_spy(a, "EngineCore", f"v{i}.c128.engine", 5), py_spy(a, None, f"v{i}.c128.frontend", 5)] if a.py_spy and seconds == 10 else []
+                clips = [maker.clip(seconds) for _ in range(a.throughput_n)]
+                spies = [py_spy(a, "EngineCore", f"v{i}.c128.engine", 3), py_spy(a, None, f"v{i}.c128.frontend", 3)] if a.py_spy and seconds == 10 else []
                 with GpuUtilization() as util:
-                    c128 = await run_load(send, [maker.clip(seconds) for _ in range(a.throughput_n)], 128)
+                    c128 = await run_load(send, clips, 128)
                 for spy in spies:
                     spy.wait(30)
                 row[f"{seconds}s"] = {"c1_p50_s": c1["p50_s"], "c1_p95_s": c1["p95_s"], "c128_audio_s_per_s": c128["audio_s_per_s"],
@@ -352,6 +370,11 @@ def cmd_engine(a) -> dict:
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"
             print(json.dumps(row), flush=True)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
         out.append(row)
         Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "engine_variants": out}, indent=2))  # partial
     return {"engine_variants": out}
@@ -407,12 +430,14 @@ def main() -> None:
     p.add_argument("--throughput-n", type=int, default=384)
     p.add_argument("--cases", default="3,10,30", help="engine: clip lengths to run (of 3,10,30)")
     p.add_argument("--engine-json", default="{}", help="speed: JSON overrides of the preset's voxtral settings")
-    p.add_argument("--variant", action="append", help="engine: JSON overrides of the preset's voxtral settings (repeatable)")
+    p.add_argument("--variant", action="append",
+                   help='engine: JSON overrides of the preset\'s voxtral settings (repeatable); "env": {...} sets the engine\'s environment')
     p.add_argument("--py-spy", help="engine: path to py-spy, to sample the engine core and the front end")
     p.add_argument("--hold-gib", type=float, default=50)
     p.add_argument("--churn-gib", type=float, default=4)
     a = p.parse_args()
     apply_serve_env()  # before Ray starts: what `make serve` and cluster/ run
+    apply_product_env()
     started = time.time()
     result = {"command": " ".join(sys.argv), "machine": machine()}
     result |= {"shared-card": cmd_shared_card, "speed": cmd_speed, "engine": cmd_engine}[a.command](a)

@@ -34,8 +34,7 @@ class ClipMaker:
 
     def clip(self, seconds: float) -> np.ndarray:
         n = int(seconds * SAMPLE_RATE)
-        reps = int(np.ceil(n / len(self.pool))) + 1
-        source = np.tile(self.pool, reps) if reps > 1 else self.pool
+        source = self.pool if len(self.pool) > n else np.tile(self.pool, n // len(self.pool) + 2)
         start = int(self.rng.integers(0, len(source) - n))
         noise = self.rng.normal(0, 1e-3, n).astype(np.float32)
         return (source[start : start + n] + noise).astype(np.float32)
@@ -58,21 +57,25 @@ async def run_load(
     clips: list[np.ndarray],
     concurrency: int,
     timeout_s: float = 300.0,
+    keep_timeline: bool = False,
 ) -> dict:
-    """Send every clip once, ``concurrency`` at a time; returns latency percentiles and throughput."""
+    """Send every clip once, ``concurrency`` at a time; returns latency percentiles and throughput (and with
+    ``keep_timeline`` when each request was sent and how long it took)."""
     queue: asyncio.Queue = asyncio.Queue()
     for c in clips:
         queue.put_nowait(c)
     latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []  # (sent at, latency) per request, seconds from the start
     errors: list[str] = []
 
     async def worker():
         while not queue.empty():
             clip = queue.get_nowait()
-            started = time.perf_counter()
+            sent = time.perf_counter()
             try:
                 await asyncio.wait_for(send(clip), timeout_s)
-                latencies.append(time.perf_counter() - started)
+                latencies.append(time.perf_counter() - sent)
+                timeline.append((round(sent - started, 3), round(latencies[-1], 3)))
             except Exception as e:  # counted and reported, never hidden
                 errors.append(f"{type(e).__name__}: {e}"[:200])
 
@@ -90,4 +93,5 @@ async def run_load(
         "mean_s": round(float(np.mean(latencies)), 4) if latencies else None,
         "wall_s": round(wall, 3),
         "audio_s_per_s": round(audio_s / wall, 1),
+        **({"timeline": sorted(timeline)} if keep_timeline else {}),
     }

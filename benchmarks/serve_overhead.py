@@ -30,6 +30,15 @@ MODES = {
         "RAY_SERVE_LOG_TO_STDERR": "1",
         "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
     },
+    # serve_app/ray_env.py's: also the router in its own thread, so handles work outside an event loop
+    "haproxy+throughput_optimized+router_thread": {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_LOG_TO_STDERR": "1",
+        "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+        "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+    },
 }
 PORT = 8123
 

@@ -7,10 +7,15 @@ replica over gRPC. On the 2-core CPU box that removed the proxy's CPU from every
 the HTTP path went from 16.9 to 18.9 audio-s/s (benchmarks/results/whisper_http_cpu.json).
 
 Throughput-optimized mode (Ray's documented pair to HAProxy): handle calls between replicas over direct gRPC, user
-code and the router on the replica's own event loop, the GC frozen after start-up. What one request's trip through
-HAProxy, the ingress and a handle call costs fell from 7.1-8.9 to 3.2-4.4 ms at p50 on the 2-core CPU box
-(benchmarks/serve_overhead.py). The mode would also stop replica logs on stderr and buffer the per-request log
-lines; both stay as they were, so ``serve run`` and ``kubectl logs`` show every request at once.
+code and the handle's router on the replica's own event loop, the GC frozen after start-up. What one request's trip
+through HAProxy, the ingress and a handle call costs fell from 7.1-8.9 to 3.2-4.4 ms at p50 on the 2-core CPU box
+(benchmarks/serve_overhead.py, benchmarks/results/serve_overhead_cpu.json); keeping the router in its own thread gave
+back 1-1.6 ms of that, so a handle must be called from async code (a script that wants ``handle.remote().result()``
+sets ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``). Three of the mode's choices are undone:
+- a replica takes gRPC messages up to 1 GiB, not 4 MiB: a request's whole audio crosses to the model replica when it
+  is not cut into chunks (chat, ``chunking.enabled: false``), and 1 GiB holds 4.6 hours of 16 kHz float32;
+- replica logs stay on stderr and the per-request log lines unbuffered, so ``serve run`` and ``kubectl logs`` show
+  every request at once.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_LOG_TO_STDERR": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(1 << 30),
 }
 
 

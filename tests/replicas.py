@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Callable
 
@@ -9,6 +11,18 @@ import ray
 from ray import serve
 
 SERVE_NAMESPACE = "serve"
+_handle_loop: asyncio.AbstractEventLoop | None = None
+
+
+def on_handle_loop(coro, timeout_s: float):
+    """Runs a coroutine that calls Serve handles (``.remote()`` inside it) and returns its result. The app's throughput mode routes a handle's
+    calls on the loop of its first call (serve_app/ray_env.py), so the tests' calls share one loop that lives as long
+    as the process: Serve's shutdown still finds it running."""
+    global _handle_loop
+    if _handle_loop is None:
+        _handle_loop = asyncio.new_event_loop()
+        threading.Thread(target=_handle_loop.run_forever, name="handle-loop", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _handle_loop).result(timeout_s)
 
 
 def replica_actor_names(app: str) -> dict[str, set[str]]:
