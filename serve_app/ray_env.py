@@ -11,7 +11,7 @@ code and the handle's router on the replica's own event loop, the GC frozen afte
 through HAProxy, the ingress and a handle call costs fell from 7.8-8.1 to 3.4-4.0 ms at p50 on the 2-core CPU box
 (benchmarks/serve_overhead.py, benchmarks/results/serve_overhead_cpu.json); keeping the router in its own thread gave
 back 1-1.6 ms of that, so a handle must be called from async code (a script that wants ``handle.remote().result()``
-sets ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``). Three of the mode's choices are undone:
+sets ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``). Beside the mode:
 - a replica takes gRPC messages up to 1 GiB, not 4 MiB: a request's whole audio crosses to the model replica when it
   is not cut into chunks (chat, ``chunking.enabled: false``), and 1 GiB holds 4.6 hours of 16 kHz float32;
 - replica logs stay on stderr and the per-request log lines unbuffered, so ``serve run`` and ``kubectl logs`` show
@@ -36,3 +36,7 @@ def apply_serve_env() -> None:
     """Set the defaults for a Ray started by this process (tests, benchmarks); explicit settings win."""
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+if __name__ == "__main__":  # env $(python -m serve_app.ray_env) serve run serve_config.yaml
+    print(" ".join(f"{key}={value}" for key, value in SERVE_ENV.items()))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import ray
@@ -82,6 +84,8 @@ def test_every_place_that_starts_ray_sets_the_serve_env():
 
     dockerfile = (CLUSTER / "Dockerfile").read_text()  # the RayService, the RayJob and the cluster launcher
     makefile = (REPO / "Makefile").read_text()  # make serve / make test
+    printed = subprocess.run([sys.executable, "-m", "serve_app.ray_env"], cwd=REPO, capture_output=True, text=True).stdout
     for key, value in SERVE_ENV.items():
         assert f"{key}={value}" in dockerfile
         assert f"export {key} ?= {value}" in makefile
+        assert f"{key}={value}" in printed.split()  # README: env $(python -m serve_app.ray_env) serve run ...
