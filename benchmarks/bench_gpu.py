@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 
@@ -331,8 +332,6 @@ def cmd_engine(a) -> dict:
         model["voxtral"]["engine_kwargs"] = {"disable_log_stats": False, **model["voxtral"].get("engine_kwargs", {})}
         config = VoxtralModelConfig.model_validate(model).voxtral
         row: dict = {"preset": a.preset, "overrides": overrides, "env": env}
-        saved_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
 
         async def run():
             started = time.perf_counter()
@@ -347,10 +346,9 @@ def cmd_engine(a) -> dict:
                 row[f"{seconds}s_timeline_c1_median_ms"] = median_timeline([await timeline(backend, maker.clip(seconds), tokens) for _ in range(12)])
                 if a.py_spy and seconds == 3:  # one request at a time: what the engine core does per step
                     clips = [maker.clip(seconds) for _ in range(40)]  # made first: sampling covers the load only
-                    spies = [py_spy(a, "EngineCore", f"v{i}.c1.engine", 3)]
+                    spy = py_spy(a, "EngineCore", f"v{i}.c1.engine", 3)
                     await run_load(send, clips, 1)
-                    for spy in spies:
-                        spy.wait(30)
+                    spy.wait(30)
                 clips = [maker.clip(seconds) for _ in range(a.throughput_n)]
                 spies = [py_spy(a, "EngineCore", f"v{i}.c128.engine", 3), py_spy(a, None, f"v{i}.c128.frontend", 3)] if a.py_spy and seconds == 10 else []
                 with GpuUtilization() as util:
@@ -366,15 +364,11 @@ def cmd_engine(a) -> dict:
             backend.shutdown()
 
         try:
-            asyncio.run(run())
+            with patch.dict(os.environ, env):  # restored after the variant
+                asyncio.run(run())
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {e}"
             print(json.dumps(row), flush=True)
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
         out.append(row)
         Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "engine_variants": out}, indent=2))  # partial
     return {"engine_variants": out}

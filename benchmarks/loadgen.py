@@ -64,7 +64,6 @@ async def run_load(
     queue: asyncio.Queue = asyncio.Queue()
     for c in clips:
         queue.put_nowait(c)
-    latencies: list[float] = []
     timeline: list[tuple[float, float]] = []  # (sent at, latency) per request, seconds from the start
     errors: list[str] = []
 
@@ -74,14 +73,15 @@ async def run_load(
             sent = time.perf_counter()
             try:
                 await asyncio.wait_for(send(clip), timeout_s)
-                latencies.append(time.perf_counter() - sent)
-                timeline.append((round(sent - started, 3), round(latencies[-1], 3)))
+                timeline.append((sent - started, time.perf_counter() - sent))
             except Exception as e:  # counted and reported, never hidden
                 errors.append(f"{type(e).__name__}: {e}"[:200])
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
+    latencies = [latency for _, latency in timeline]
+    rounded = [(round(s, 3), round(latency, 3)) for s, latency in sorted(timeline)]
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
     return {
         "concurrency": concurrency,
@@ -93,5 +93,5 @@ async def run_load(
         "mean_s": round(float(np.mean(latencies)), 4) if latencies else None,
         "wall_s": round(wall, 3),
         "audio_s_per_s": round(audio_s / wall, 1),
-        **({"timeline": sorted(timeline)} if keep_timeline else {}),
+        **({"timeline": rounded} if keep_timeline else {}),
     }

@@ -21,7 +21,8 @@ import time
 os.environ["RAY_SERVE_SLOW_STARTUP_WARNING_S"] = "2"
 os.environ["RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S"] = "2"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# This script calls a handle from sync code; the app's throughput mode routes on the caller's loop (serve_app/ray_env.py).
+# This script calls a handle from sync code; the app's throughput mode routes on the caller's loop
+# (serve_app/ray_env.py), so the router gets its own thread here.
 os.environ["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] = "1"
 
 import ray  # noqa: E402

@@ -15,9 +15,11 @@ _handle_loop: asyncio.AbstractEventLoop | None = None
 
 
 def on_handle_loop(coro, timeout_s: float):
-    """Runs a coroutine that calls Serve handles (``.remote()`` inside it) and returns its result. The app's throughput mode routes a handle's
-    calls on the loop of its first call (serve_app/ray_env.py), so the tests' calls share one loop that lives as long
-    as the process: Serve's shutdown still finds it running."""
+    """Runs a coroutine that calls Serve handles (``.remote()`` inside it) and returns its result.
+
+    The app's throughput mode routes a handle's calls on the loop of its first call (serve_app/ray_env.py), so the
+    tests' calls share one loop that lives as long as the process: Serve's shutdown still finds it running.
+    """
     global _handle_loop
     if _handle_loop is None:
         _handle_loop = asyncio.new_event_loop()

@@ -152,12 +152,11 @@ def test_failing_backend_is_reported_unhealthy_and_replaced(sick_url, clips):
     (sick,) = replica_actor_names("sick")[MODEL_DEPLOYMENT]
     handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name="sick")
 
-
     async def transcribe_a_path():
         return await handle.transcribe.remote("/no/such/audio.wav", TranscribeOptions())
 
     for _ in range(FAILURES_BEFORE_UNHEALTHY):
-        with pytest.raises(Exception, match="No such file"):  # the backend's own error, over gRPC as over Ray
+        with pytest.raises(FileNotFoundError, match="No such file"):  # the backend's own error, raised as it is over gRPC
             on_handle_loop(transcribe_a_path(), 60)
 
     assert wait_until(lambda: sick not in replica_actor_names("sick").get(MODEL_DEPLOYMENT, ()), 60)
