@@ -40,8 +40,10 @@ BF16 = dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, e
 PRESETS = {
     # The seed's settings: eager mode, 4 sequences.
     "seed": dict(enforce_eager=True, max_num_seqs=4, encoder_cuda_graphs=0),
-    # The product defaults (serve_config.yaml): FP8 language model, the audio encoder in CUDA graphs, 80 sequences.
-    "default": {**BF16, "quantization": "fp8-language-model", "max_num_seqs": 80, "encoder_cuda_graphs": 4},
+    # The product defaults (serve_config.yaml): FP8 language model, the audio encoder in CUDA graphs, 80 sequences,
+    # and steps of up to 512 tokens (a clip's prefill) replayed as CUDA graphs.
+    "default": {**BF16, "quantization": "fp8-language-model", "max_num_seqs": 80, "encoder_cuda_graphs": 4,
+                "max_cudagraph_capture_size": 512},  # fmt: skip
     # The defaults of the first two GPU sessions: bf16, eager audio encoder, 48 sequences.
     "bf16": BF16,
     # FP8 in every linear layer, the audio encoder's included (per-tensor scales).
@@ -126,15 +128,23 @@ def start_serve(app_args: dict) -> str:
 
 
 def http_sender(base_url: str, max_tokens: int):
-    import httpx
+    """Posts each clip as a WAV upload, as an OpenAI client would. aiohttp, not httpx: with 128 uploads in flight an
+    httpx client held requests back for seconds before sending them (``client_burst.py``), which earlier sessions
+    took for a stall of the server."""
+    import aiohttp
 
-    client = httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=512, max_keepalive_connections=512))
+    from loadgen import http_session
+
+    session = http_session()
 
     async def send(clip: np.ndarray):
-        data = {"model": "voxtral", "language": "en", "max_tokens": str(max_tokens), "ignore_eos": "true"}
-        r = await client.post(f"{base_url}/v1/audio/transcriptions", files={"file": ("a.wav", wav_bytes(clip))}, data=data)
-        r.raise_for_status()
-        return r
+        form = aiohttp.FormData()
+        for key, value in {"model": "voxtral", "language": "en", "max_tokens": str(max_tokens), "ignore_eos": "true"}.items():
+            form.add_field(key, value)
+        form.add_field("file", wav_bytes(clip), filename="a.wav", content_type="audio/wav")
+        async with session.post(f"{base_url}/v1/audio/transcriptions", data=form) as r:
+            r.raise_for_status()
+            return await r.read()
 
     return send
 
@@ -202,10 +212,12 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name() if gpu else None,
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
         "cpus": os.cpu_count(),
+        "cpu_model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "vllm": __import__("vllm").__version__,
         "ray": __import__("ray").__version__,
+        "http_client": f"aiohttp {__import__('aiohttp').__version__}",
         "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
         "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
     }

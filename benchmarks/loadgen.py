@@ -48,6 +48,20 @@ def wav_bytes(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+_sessions: dict = {}
+
+
+def http_session():
+    """One aiohttp session (and connection pool) per event loop, sized for the largest concurrency we run."""
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    if loop not in _sessions:
+        connector = aiohttp.TCPConnector(limit=512)
+        _sessions[loop] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300))
+    return _sessions[loop]
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 

@@ -23,6 +23,11 @@ GiB = 1 << 30
 # graphs of 1-4 windows on an H100 (benchmarks/results/gpu/engine_*.json).
 ENCODER_GRAPH_BYTES_PER_WINDOW = 112 << 20
 
+# The language model's CUDA graphs grow with the largest step they capture: vLLM's pool took 0.18 GiB for steps up to
+# 160 tokens (its default at 80 sequences) and 0.34 GiB up to 512 on an H200 (benchmarks/results/gpu/engine_capture.json).
+# The activation reserve covers vLLM's default sizes; a larger max_cudagraph_capture_size is charged per extra token.
+LM_GRAPH_BYTES_PER_TOKEN = 512 << 10
+
 # Hub ids whose weights are not on this machine, planned from their shapes (serve_app.voxtral_checkpoint's sizes).
 KNOWN_SHAPES = {"mistralai/Voxtral-Mini-3B-2507": "full"}
 
@@ -119,7 +124,7 @@ def kv_bytes_per_token(config: VoxtralConfig) -> int | None:
 def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> MemoryPlan:
     """The bytes this replica may use and how they split; raises BudgetError if the model does not fit its share."""
     weights = weights_bytes(config)
-    activations = config.activation_reserve_bytes + config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW
+    activations = config.activation_reserve_bytes + graph_bytes(config)
     budget = int(share * device_bytes)
     kv = config.kv_cache_memory_bytes or budget - weights - activations
     plan = MemoryPlan(device_bytes, share, weights, activations, kv)
@@ -129,9 +134,17 @@ def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> Memor
         raise BudgetError(
             f"{config.model} does not fit its GPU share: {plan.describe()} exceeds the budget, or the KV cache is"
             f" below one full sequence ({_gib(needed_kv)} for max_model_len {config.max_model_len}). Raise num_gpus,"
-            " lower max_model_len or encoder_cuda_graphs, use FP8 weights, or set kv_cache_memory_bytes."
+            " lower max_model_len, encoder_cuda_graphs or max_cudagraph_capture_size, use FP8 weights, or set"
+            " kv_cache_memory_bytes."
         )
     return plan
+
+
+def graph_bytes(config: VoxtralConfig) -> int:
+    """CUDA graph memory beyond what the activation reserve covers: the encoder's windows, larger language-model steps."""
+    vllm_default = min(2 * config.max_num_seqs, 512)
+    extra_tokens = max(0, (config.max_cudagraph_capture_size or 0) - vllm_default) if not config.enforce_eager else 0
+    return config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW + extra_tokens * LM_GRAPH_BYTES_PER_TOKEN
 
 
 def check_free_memory(plan: MemoryPlan, free_bytes: int, device_name: str = "the GPU") -> None:

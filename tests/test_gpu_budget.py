@@ -151,6 +151,18 @@ def test_encoder_graphs_are_paid_for_out_of_the_kv_cache(full_size_dir):
         plan_memory(VoxtralConfig(model=str(full_size_dir), load_format="dummy", encoder_cuda_graphs=4), 0.15, H100)
 
 
+def test_larger_language_model_graphs_are_paid_for_out_of_the_kv_cache(full_size_dir):
+    model = dict(model=str(full_size_dir), load_format="dummy", quantization="fp8-language-model", max_num_seqs=80)
+    default = plan_memory(VoxtralConfig(**model), 0.15, H100)
+    larger = plan_memory(VoxtralConfig(**model, max_cudagraph_capture_size=512), 0.15, H100)
+    # vLLM already captures up to 2 x 80 = 160 tokens; 352 more at 0.5 MiB each (0.18 -> 0.34 GiB measured)
+    assert larger.activation_bytes - default.activation_bytes == (512 - 160) * 512 * 1024
+    assert larger.kv_cache_bytes == default.kv_cache_bytes - (512 - 160) * 512 * 1024
+    smaller = plan_memory(VoxtralConfig(**model, max_cudagraph_capture_size=64), 0.15, H100)
+    eager = plan_memory(VoxtralConfig(**model, max_cudagraph_capture_size=512, enforce_eager=True), 0.15, H100)
+    assert smaller.kv_cache_bytes == eager.kv_cache_bytes == default.kv_cache_bytes
+
+
 def test_the_production_config_fits_its_share_with_room_for_its_batch():
     app = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["args"]
     voxtral = next(m for m in app["models"] if m["backend"] == "voxtral")

@@ -12,8 +12,9 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from serve_app.backends.voxtral import _quantization_args
-from serve_app.backends.voxtral_encoder_graphs import EncoderGraphs
+from serve_app.backends.voxtral import ENGINE_FIELDS, _quantization_args, engine_args
+from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY, EncoderGraphs
+from serve_app.config import VoxtralConfig
 
 
 def test_the_plugin_is_installed_and_serves_voxtral_with_the_graphed_class():
@@ -70,3 +71,21 @@ def test_the_encoder_ignore_pattern_matches_the_encoder_layers_only():
     assert should_ignore_layer("whisper_encoder.whisper_encoder.layers.0.mlp.fc1", ignore=ignore, fused_mapping=fused)
     assert not should_ignore_layer(language_model, ignore=ignore, fused_mapping=fused)
     assert not should_ignore_layer("language_model.model.layers.0.mlp.gate_up_proj", ignore=ignore, fused_mapping=fused)
+
+
+def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_dir):
+    config = VoxtralConfig(
+        model=str(tiny_voxtral_dir),
+        max_cudagraph_capture_size=512,
+        encoder_cuda_graphs=4,
+        engine_kwargs={"disable_log_stats": False, "additional_config": {"other": 1}},
+    )
+    args = engine_args(config, "cuda", {"gpu_memory_utilization": 0.15, "kv_cache_memory_bytes": 1 << 30})
+    assert args.max_cudagraph_capture_size == 512
+    assert {name: getattr(args, name) for name in ENGINE_FIELDS} == config.model_dump(include=ENGINE_FIELDS)
+    assert (args.gpu_memory_utilization, args.kv_cache_memory_bytes) == (0.15, 1 << 30)
+    assert args.disable_log_stats is False and args.mm_processor_cache_gb == 0
+    assert args.additional_config == {CONFIG_KEY: 4, "other": 1}
+    # No CUDA, no graphs: the CPU engine gets vLLM's eager encoder and its own default sizes.
+    cpu = engine_args(VoxtralConfig(model=str(tiny_voxtral_dir), encoder_cuda_graphs=4), "cpu", {})
+    assert cpu.additional_config == {CONFIG_KEY: 0} and cpu.max_cudagraph_capture_size is None

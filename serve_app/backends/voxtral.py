@@ -42,45 +42,15 @@ class VoxtralBackend:
         self.device = _device(config.device)
         if self.device == "cpu":
             os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2-3 s -> 0.1 s per request on small CPUs
-        from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         memory = self._memory_args(gpu_share)
-        args = AsyncEngineArgs(
-            model=config.model,
-            tokenizer_mode=config.tokenizer_mode,
-            config_format=config.config_format,
-            load_format=config.load_format,
-            dtype=config.dtype,
-            kv_cache_dtype=config.kv_cache_dtype,
-            max_model_len=config.max_model_len,
-            max_num_seqs=config.max_num_seqs,
-            max_num_batched_tokens=config.max_num_batched_tokens,
-            enable_prefix_caching=config.enable_prefix_caching,
-            enforce_eager=config.enforce_eager,
-            generation_config="vllm",  # Mistral-format checkpoints have no generation_config.json
-            limit_mm_per_prompt={"audio": 8},
-            **memory,
-            **_quantization_args(config.quantization),
-            **self._engine_defaults(),
-        )
+        args = engine_args(config, self.device, memory)
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
         log.info("voxtral %s loaded on %s in %.1f s (%s)", config.model, self.device, time.perf_counter() - started, memory)
-
-    def _engine_defaults(self) -> dict:
-        """What this backend sets unless ``engine_kwargs`` says otherwise."""
-        graphs = self.config.encoder_cuda_graphs if self.device == "cuda" else 0
-        extra = self.config.engine_kwargs
-        return {
-            "disable_log_stats": True,
-            # Every clip differs: vLLM's cache of processed audio would only copy and hold it.
-            "mm_processor_cache_gb": 0,
-            **extra,
-            "additional_config": {ENCODER_GRAPHS_KEY: graphs, **extra.get("additional_config", {})},
-        }
 
     def _memory_args(self, gpu_share: float | None) -> dict:
         if self.device == "cpu":
@@ -215,6 +185,32 @@ class VoxtralBackend:
             if isinstance(e, EngineDeadError):
                 raise BackendUnavailable("The vLLM engine died; the replica is being replaced.") from None
             raise
+
+
+# VoxtralConfig fields that are vLLM engine arguments of the same name.
+ENGINE_FIELDS = {
+    "model", "tokenizer_mode", "config_format", "load_format", "dtype", "kv_cache_dtype", "max_model_len", "max_num_seqs",
+    "max_num_batched_tokens", "max_cudagraph_capture_size", "enable_prefix_caching", "enforce_eager",
+}  # fmt: skip
+
+
+def engine_args(config: VoxtralConfig, device: str, memory: dict):
+    """vLLM's engine arguments for this config; ``memory`` is the byte plan's, and ``engine_kwargs`` win over the rest."""
+    from vllm import AsyncEngineArgs
+
+    graphs = config.encoder_cuda_graphs if device == "cuda" else 0
+    extra = config.engine_kwargs
+    args = dict(
+        **config.model_dump(include=ENGINE_FIELDS),
+        generation_config="vllm",  # Mistral-format checkpoints have no generation_config.json
+        limit_mm_per_prompt={"audio": 8},
+        disable_log_stats=True,
+        mm_processor_cache_gb=0,  # every clip differs: vLLM's cache of processed audio would only copy and hold it
+        **memory,
+        **_quantization_args(config.quantization),
+    )
+    additional = {ENCODER_GRAPHS_KEY: graphs, **extra.get("additional_config", {})}
+    return AsyncEngineArgs(**{**args, **extra, "additional_config": additional})
 
 
 def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cache: dict) -> dict:
