@@ -91,8 +91,8 @@ def test_twice_capacity_gives_correct_answers_or_fast_503s(load_url, audio_dir, 
 
 
 def test_request_past_the_timeout_gets_504(timeout_url, audio_dir):
-    """An 11 s clip takes tiny.en well over the app's 0.2 s limit (0.4-0.7 s on a quiet 2-core box, so 0.5 s was too
-    close): the answer is a 504 soon after, never a hang."""
+    """An 11 s clip takes tiny.en well over the app's 0.2 s limit (a limit of 0.5 s was once met on a quiet 2-core box):
+    the answer is a 504 soon after, never a hang."""
     audio = (audio_dir / "en_jfk_inaugural_16k.wav").read_bytes()
     started = time.monotonic()
     r = httpx.post(f"{timeout_url}/v1/audio/transcriptions", files={"file": ("jfk.wav", audio, "audio/wav")}, timeout=60)
