@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -62,7 +63,7 @@ def httpx_sender(base: str, sent: dict):
     import httpx
 
     client = httpx.AsyncClient(timeout=300, limits=httpx.Limits(max_connections=512, max_keepalive_connections=512))
-    ids = iter(range(10**9))
+    ids = itertools.count()
 
     async def send(clip: np.ndarray):
         i = f"httpx-{next(ids)}"
@@ -78,7 +79,7 @@ def aiohttp_sender(base: str, sent: dict):
     import aiohttp
 
     session = http_session()
-    ids = iter(range(10**9))
+    ids = itertools.count()
 
     async def send(clip: np.ndarray):
         i = f"aiohttp-{next(ids)}"
