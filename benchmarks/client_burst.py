@@ -17,7 +17,6 @@ import itertools
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import http_session, percentile, run_load, wav_bytes  # noqa: E402
+from local_serve import free_port  # noqa: E402
 
 BATCH_S = 1.4
 
@@ -51,12 +51,6 @@ async def log(request):
 
 app = Starlette(routes=[Route("/v1/audio/transcriptions", transcribe, methods=["POST"]), Route("/log", log)])
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def httpx_sender(base: str, sent: dict):
