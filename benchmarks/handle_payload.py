@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve_app.ray_env import apply_serve_env  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_serve import start_local_serve  # noqa: E402
 
 
 async def measure(handle, seconds: list[int], calls: int) -> dict:
@@ -52,7 +53,6 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--calls", type=int, default=300)
     a = p.parse_args()
-    apply_serve_env()
     import ray
     from ray import serve
 
@@ -61,7 +61,7 @@ def main() -> None:
         async def take(self, audio) -> int:
             return len(audio)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    start_local_serve()  # the project's Serve settings (serve_app/ray_env.py), Serve on a free loopback port
     try:
         serve.run(Echo.bind(), name="handle-payload", route_prefix="/handle-payload")
         handle = serve.get_deployment_handle("Echo", app_name="handle-payload")
