@@ -17,9 +17,11 @@ import asyncio
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from unittest.mock import patch
 
@@ -34,6 +36,7 @@ from local_serve import start_local_serve  # noqa: E402
 
 from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
 
+RAY_LOGS = Path("/tmp/ray/session_latest/logs")  # the local Ray this benchmark starts
 # Clip length -> output tokens of a real transcript of that length (the anchors' cases).
 CASES = {3: 23, 10: 38, 30: 108}
 BF16 = dict(enforce_eager=False, max_num_seqs=48, max_num_batched_tokens=4096, enable_prefix_caching=False, encoder_cuda_graphs=0)
@@ -137,15 +140,19 @@ def http_sender(base_url: str, max_tokens: int):
 
     session = http_session()
 
-    async def send(clip: np.ndarray):
+    async def send(wav: bytes) -> str:
+        """Returns the request's id, which Serve's log lines of every replica it passed carry."""
         form = aiohttp.FormData()
         for key, value in {"model": "voxtral", "language": "en", "max_tokens": str(max_tokens), "ignore_eos": "true"}.items():
             form.add_field(key, value)
-        form.add_field("file", wav_bytes(clip), filename="a.wav", content_type="audio/wav")
-        async with session.post(f"{base_url}/v1/audio/transcriptions", data=form) as r:
+        form.add_field("file", wav, filename="a.wav", content_type="audio/wav")
+        request_id = str(uuid.uuid4())
+        async with session.post(f"{base_url}/v1/audio/transcriptions", data=form, headers={"x-request-id": request_id}) as r:
             r.raise_for_status()
-            return await r.read()
+            await r.read()
+        return request_id
 
+    send.prepare = wav_bytes  # the upload is encoded before the clock starts (loadgen.run_load)
     return send
 
 
@@ -186,28 +193,56 @@ async def throughput_128(make_sender, maker: ClipMaker, n: int) -> dict:
 
 def handle_sender(handle, max_tokens: int):
     """A Serve handle call straight to the model replica: the engine the HTTP path uses, without HTTP and the ingress."""
+    from serve_app.model_server import to_pcm16
     from serve_app.transcript import TranscribeOptions
 
-    async def send(clip: np.ndarray):
-        return await handle.transcribe.remote(clip, TranscribeOptions(language="en", max_tokens=max_tokens, ignore_eos=True))
+    async def send(pcm: np.ndarray):
+        return await handle.transcribe.remote(pcm, TranscribeOptions(language="en", max_tokens=max_tokens, ignore_eos=True))
 
+    send.prepare = to_pcm16  # the form the ingress sends it in
     return send
 
 
-async def side_by_side(paths: dict[str, dict], maker: ClipMaker, n: int = 40) -> dict:
+def engine_call_ms(request_ids: list[str], logs_dir: Path = RAY_LOGS) -> list[float | None]:
+    """How long each request's call took inside the model replica (Serve's own log line ``<id> -- CALL transcribe OK
+    <ms>ms``, written by the replica around the engine call), in the order of ``request_ids``; None where not found."""
+    wanted = set(request_ids)
+    found: dict[str, float] = {}
+    line = re.compile(r" ([0-9a-f-]{36}) -- CALL transcribe OK ([0-9.]+)ms")
+    for path in [*logs_dir.glob("worker-*.err"), *logs_dir.glob("serve/replica_*.log")]:
+        for m in line.finditer(path.read_text(errors="replace")):
+            if m[1] in wanted:
+                found[m[1]] = float(m[2])
+    return [found.get(i) for i in request_ids]
+
+
+async def side_by_side(paths: dict[str, dict], maker: ClipMaker, n: int) -> dict:
     """Serve + HTTP overhead at concurrency 1: the same clips, through each path in turn (``paths``: name -> clip
     length -> sender). ``http`` against ``direct`` (a second engine in this process) is what the issue asks for;
-    ``http`` against ``handle`` (the same engine as HTTP) leaves out the difference between two engines."""
+    ``http`` against ``handle`` (the same engine as HTTP) leaves out the difference between two engines, and so does
+    ``http_over_its_engine``: each HTTP request's time at the client minus its own engine call in the model replica
+    (from Serve's log line), request by request."""
     out = {}
-    for seconds in (3, 10):
+    for seconds in CASES:
         took: dict[str, list[float]] = {name: [] for name in paths}
+        request_ids = []
         for _ in range(n):
             clip = maker.clip(seconds)
             for name, senders in paths.items():
+                send = senders[seconds]
+                payload = send.prepare(clip) if hasattr(send, "prepare") else clip
                 t = time.perf_counter()
-                await senders[seconds](clip)
+                answer = await send(payload)
                 took[name].append(time.perf_counter() - t)
+                if name == "http":
+                    request_ids.append(answer)
         row = {f"{name}_p50_s": round(float(np.median(v)), 4) for name, v in took.items()}
+        engine = engine_call_ms(request_ids)
+        pairs = [1000 * t - e for t, e in zip(took["http"], engine) if e is not None]
+        if pairs:
+            row["http_engine_call_p50_ms"] = round(float(np.median([e for e in engine if e is not None])), 1)
+            row["http_over_its_engine_paired_median_ms"] = round(float(np.median(pairs)), 1)
+            row["http_over_its_engine_requests"] = len(pairs)
         for slower, faster in (("http", "direct"), ("http", "handle"), ("handle", "direct")):
             if slower in took and faster in took:
                 key = "overhead" if (slower, faster) == ("http", "direct") else f"{slower}_over_{faster}"
@@ -432,7 +467,7 @@ def cmd_speed(a) -> dict:
                 "handle": {s: handle_sender(handle, t) for s, t in CASES.items()},
                 "direct": {s: direct_sender(backend, t) for s, t in CASES.items()},
             }
-            result["side_by_side_c1"] = await side_by_side(paths, maker)
+            result["side_by_side_c1"] = await side_by_side(paths, maker, a.side_by_side_n)
             result["direct"] = await matrix(lambda t: direct_sender(backend, t), maker, concurrencies, a.budget_audio_s)
             result["direct_throughput_128"] = await throughput_128(lambda t: direct_sender(backend, t), maker, a.throughput_n)
 
@@ -451,6 +486,7 @@ def main() -> None:
     p.add_argument("--max-ongoing", type=int, help="the model replica's max_ongoing_requests (default: 2 batches, >= 64)")
     p.add_argument("--ingress-replicas", type=int, default=4, help="ingress replicas (they decode audio in parallel)")
     p.add_argument("--engine-direct", action="store_true")
+    p.add_argument("--side-by-side-n", type=int, default=40, help="speed --engine-direct: clips per length and path")
     p.add_argument("--num-gpus", type=float, default=0.15, help="the replica's GPU share (0: a CPU dry run)")
     p.add_argument("--concurrency", default="1,8,32,128")
     p.add_argument("--budget-audio-s", type=float, default=2000, help="audio seconds per case at most")

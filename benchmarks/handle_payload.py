@@ -1,8 +1,9 @@
 """What one Serve handle call costs by the size and form of the audio it carries (the ingress -> model replica hop).
 
-An echo deployment returns the length of what it got; the same clip goes across as the float32 array the ingress
-sends today, as its raw bytes, and as int16, one form after another, 300 times each, in Ray Serve's settings of
-``serve_app/ray_env.py`` (throughput mode: gRPC between replicas). No model, no HTTP; one local Ray.
+An echo deployment returns the length of what it got; the same clip goes across as a float32 array, as its raw bytes,
+and as int16 (what the ingress sends, ``model_server.to_pcm16``), one form after another, 300 times each, in Ray
+Serve's settings of ``serve_app/ray_env.py`` (throughput mode: gRPC between replicas). No model, no HTTP; one local
+Ray.
 
     python benchmarks/handle_payload.py --out benchmarks/results/handle_payload_cpu.json
 """
@@ -62,12 +63,14 @@ def main() -> None:
             return len(audio)
 
     start_local_serve()  # the project's Serve settings (serve_app/ray_env.py), Serve on a free loopback port
+    loop = asyncio.new_event_loop()  # the handle's router runs on it (throughput mode): Serve is shut down from it
     try:
         serve.run(Echo.bind(), name="handle-payload", route_prefix="/handle-payload")
         handle = serve.get_deployment_handle("Echo", app_name="handle-payload")
-        p50 = asyncio.run(measure(handle, [3, 10, 30], a.calls))
+        p50 = loop.run_until_complete(measure(handle, [3, 10, 30], a.calls))
     finally:
-        serve.shutdown()
+        loop.run_until_complete(serve.shutdown_async())
+        loop.close()
         ray.shutdown()
     out = {
         "command": " ".join(sys.argv),

@@ -74,10 +74,13 @@ async def run_load(
     keep_timeline: bool = False,
 ) -> dict:
     """Send every clip once, ``concurrency`` at a time; returns latency percentiles and throughput (and with
-    ``keep_timeline`` when each request was sent and how long it took)."""
+    ``keep_timeline`` when each request was sent and how long it took). A ``send`` with a ``prepare`` attribute gets
+    ``prepare(clip)`` instead of the clip, made before the clock starts (a client's upload exists before it is sent).
+    """
+    prepare = getattr(send, "prepare", lambda clip: clip)
     queue: asyncio.Queue = asyncio.Queue()
     for c in clips:
-        queue.put_nowait(c)
+        queue.put_nowait(prepare(c))
     timeline: list[tuple[float, float]] = []  # (sent at, latency) per request, seconds from the start
     errors: list[str] = []
 

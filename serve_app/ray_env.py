@@ -13,7 +13,8 @@ through HAProxy, the ingress and a handle call costs fell from 7.8-8.1 to 3.4-4.
 back 1-1.6 ms of that, so a handle must be called from async code (a script that wants ``handle.remote().result()``
 sets ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``). Beside the mode:
 - a replica takes gRPC messages up to 1 GiB, not 4 MiB: a request's whole audio crosses to the model replica when it
-  is not cut into chunks (chat, ``chunking.enabled: false``), and 1 GiB holds 4.6 hours of 16 kHz float32;
+  is not cut into chunks (chat, ``chunking.enabled: false``), and 1 GiB holds 9.3 hours of 16 kHz 16-bit PCM (the form
+  audio crosses in, ``model_server.to_pcm16``);
 - replica logs stay on stderr and the per-request log lines unbuffered, so ``serve run`` and ``kubectl logs`` show
   every request at once.
 """

@@ -22,13 +22,14 @@ def cut_repetition(text: str, min_repeats: int = 4, min_chars: int = 24, max_per
         folded = text
     n = len(text)
     best = n
-    for period in range(1, min(max_period, n // min_repeats) + 1):
+    for period in range(1, min(max_period, (n - 1) // max(1, min_repeats - 1)) + 1):
         # Walk back while each character equals the one a period later: text[start:] then repeats with this period.
         start = n - period
         while start > 0 and folded[start - 1] == folded[start - 1 + period]:
             start -= 1
         looped = n - start
-        if looped >= max(min_repeats * period, min_chars) and _ALNUM.search(text, start, start + period):
+        # min_repeats copies, the last of which may be cut short (by max_tokens, or by the strip of its trailing space)
+        if looped > (min_repeats - 1) * period and looped >= min_chars and _ALNUM.search(text, start, start + period):
             best = min(best, _word_end(text, start + period, period))
     return text[:best].rstrip() if best < n else text
 

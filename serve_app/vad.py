@@ -73,11 +73,10 @@ def has_speech(audio: np.ndarray, config: ChunkingConfig, first_s: float = 2.0) 
     from faster_whisper.vad import get_vad_model
 
     model = get_vad_model()
-    windows = model_windows(audio)
-    n, k = len(windows), max(1, _windows(first_s * 1000))
+    n, k = -(-len(audio) // WINDOW), max(1, _windows(first_s * 1000))
     min_silence, min_speech = _windows(config.min_silence_ms), _windows(config.min_speech_ms)
     while True:
-        probs = model(windows[: min(k, n)].copy().reshape(-1)).reshape(-1)
+        probs = model(prefix_windows(audio, k).reshape(-1)).reshape(-1)
         if speech_regions(probs, config.threshold, min_silence, min_speech):
             return True
         if k >= n:
@@ -106,6 +105,12 @@ def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
         return run(0, n)
     with ThreadPoolExecutor(parts, thread_name_prefix="vad") as pool:  # onnxruntime releases the GIL
         return np.concatenate(list(pool.map(run, bounds[:-1], bounds[1:])))
+
+
+def prefix_windows(audio: np.ndarray, k: int) -> np.ndarray:
+    """``model_windows(audio)[:k]``, normalising only the audio those windows and their gain depend on."""
+    end = k * WINDOW + (_GAIN_REACH_BLOCKS + 1) * _GAIN_BLOCK
+    return model_windows(audio[:end])[:k]
 
 
 def model_windows(audio: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from serve_app.config import ChunkingConfig, WhisperConfig
 from serve_app.repetition import cut_repetition
 from serve_app.transcribe import ChunkResult, Transcriber, place, stitch
 from serve_app.transcript import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Word
-from serve_app.vad import WINDOW, Chunk, has_speech, pack, padded, speech_chunks, speech_regions
+from serve_app.vad import WINDOW, Chunk, has_speech, model_windows, pack, padded, prefix_windows, speech_chunks, speech_regions
 
 CONFIG = ChunkingConfig()
 
@@ -81,6 +81,15 @@ def test_speech_after_seconds_of_silence_is_found_by_the_short_clip_check(audio_
     for lead_s in (0.0, 5.0, 20.0):
         audio = np.concatenate([np.zeros(int(lead_s * SAMPLE_RATE), np.float32), speech])
         assert has_speech(audio, CONFIG), f"speech after {lead_s} s of silence was missed"
+
+
+def test_the_check_normalises_a_prefix_exactly_as_the_whole_audio(audio_dir):
+    """The short-clip check normalises only the audio its prefix depends on (the gain looks 5 s ahead)."""
+    speech = load_file(str(audio_dir / "en_jfk_inaugural_16k.wav"))
+    loud_later = np.concatenate([0.05 * speech, speech, np.zeros(1234, np.float32)])  # the peak comes seconds later
+    whole = model_windows(loud_later)
+    for k in (1, 62, 250, 700, len(whole), len(whole) + 9):
+        np.testing.assert_array_equal(prefix_windows(loud_later, k), whole[:k])
 
 
 def test_long_clips_are_cut_into_bounded_chunks(audio_dir):
@@ -189,6 +198,7 @@ def test_stitch_orders_renumbers_and_removes_overlap():
         ("la la la la la la la la la la la la la la", "la"),
         ("ありがとうございますありがとうございますありがとうございますありがとうございますありがと", "ありがとうございます"),
         ("Okay. OKAY. okay. Okay. okay. Okay. okay.", "Okay."),
+        ("Thank you. Thank you. Thank you. Thank you.", "Thank you."),  # four copies, the last one's space stripped
         ("no no no no no", "no no no no no"),  # short: people do say this
         ("Wait... what?!?!?!?!?!?!?!?!?!?!?!", "Wait... what?!?!?!?!?!?!?!?!?!?!?!"),  # punctuation only
         ("", ""),
