@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from loadgen import ClipMaker, run_load, speech_pool, wav_bytes  # noqa: E402
+from loadgen import ClipMaker, http_session, prepared, run_load, speech_pool, upload_form, wav_bytes  # noqa: E402
 from local_serve import start_local_serve  # noqa: E402
 
 from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
@@ -134,18 +134,11 @@ def http_sender(base_url: str, max_tokens: int):
     """Posts each clip as a WAV upload, as an OpenAI client would. aiohttp, not httpx: with 128 uploads in flight an
     httpx client held requests back for seconds before sending them (``client_burst.py``), which earlier sessions
     took for a stall of the server."""
-    import aiohttp
-
-    from loadgen import http_session
-
     session = http_session()
 
     async def send(wav: bytes) -> str:
         """Returns the request's id, which Serve's log lines of every replica it passed carry."""
-        form = aiohttp.FormData()
-        for key, value in {"model": "voxtral", "language": "en", "max_tokens": str(max_tokens), "ignore_eos": "true"}.items():
-            form.add_field(key, value)
-        form.add_field("file", wav, filename="a.wav", content_type="audio/wav")
+        form = upload_form(wav, model="voxtral", language="en", max_tokens=str(max_tokens), ignore_eos="true")
         request_id = str(uuid.uuid4())
         async with session.post(f"{base_url}/v1/audio/transcriptions", data=form, headers={"x-request-id": request_id}) as r:
             r.raise_for_status()
@@ -230,7 +223,7 @@ async def side_by_side(paths: dict[str, dict], maker: ClipMaker, n: int) -> dict
             clip = maker.clip(seconds)
             for name, senders in paths.items():
                 send = senders[seconds]
-                payload = send.prepare(clip) if hasattr(send, "prepare") else clip
+                payload = prepared(send, clip)
                 t = time.perf_counter()
                 answer = await send(payload)
                 took[name].append(time.perf_counter() - t)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import http_session, percentile, run_load, wav_bytes  # noqa: E402
+from loadgen import http_session, percentile, run_load, upload_form, wav_bytes  # noqa: E402
 from local_serve import free_port  # noqa: E402
 
 BATCH_S = 1.4
@@ -70,16 +70,12 @@ def httpx_sender(base: str, sent: dict):
 
 
 def aiohttp_sender(base: str, sent: dict):
-    import aiohttp
-
     session = http_session()
     ids = itertools.count()
 
     async def send(clip: np.ndarray):
         i = f"aiohttp-{next(ids)}"
-        form = aiohttp.FormData()
-        form.add_field("model", "m")
-        form.add_field("file", wav_bytes(clip), filename="a.wav", content_type="audio/wav")
+        form = upload_form(wav_bytes(clip), model="m")
         sent[i] = time.time()
         async with session.post(f"{base}/v1/audio/transcriptions", data=form, headers={"x-burst-id": i}) as r:
             r.raise_for_status()

@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_serve import start_local_serve  # noqa: E402
 
+from serve_app.model_server import to_pcm16  # noqa: E402
+
 
 async def measure(handle, seconds: list[int], calls: int) -> dict:
     rng = np.random.default_rng(0)
@@ -34,7 +36,7 @@ async def measure(handle, seconds: list[int], calls: int) -> dict:
         forms = {
             "float32_array": lambda: audio,
             "float32_bytes": lambda: audio.tobytes(),
-            "int16_array": lambda: (audio * 32767).astype(np.int16),
+            "int16_array": lambda: to_pcm16(audio),
         }
         took: dict[str, list[float]] = {name: [] for name in forms}
         for i in range(calls + 10):  # the first 10 rounds warm up

@@ -1,6 +1,6 @@
 """What the product's ingress adds to a request, by clip length and chunking setting: HAProxy -> the real ``Ingress``
 (multipart, decoding, the speech check, the handle call with the audio) -> a stub model replica that takes a fixed
-``--model-ms`` and answers -> back. The overhead is the client's latency minus the stub's time, paired per request.
+``--model-ms`` and answers -> back. The overhead is the client's median latency minus the stub's time.
 
 Each setting is its own app (ingress + stub) on one local Ray with the project's Serve settings; the same clips go
 through every app in turn. Traffic to 127.0.0.1 only, a fixed number of sequential requests.
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from loadgen import ClipMaker, http_session, speech_pool, wav_bytes  # noqa: E402
+from loadgen import ClipMaker, http_session, speech_pool, upload_form, wav_bytes  # noqa: E402
 from local_serve import start_local_serve  # noqa: E402  (before ray.serve: it applies the project's Serve settings)
 from ray import serve  # noqa: E402
 
@@ -40,7 +40,7 @@ SETTINGS = {  # app name -> chunking config
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1})
 class StubModel:
-    """Stands in for the model replica: takes ``model_s`` (the engine's time), reports how long it held the call."""
+    """Stands in for the model replica: answers after ``model_s`` (the engine's time)."""
 
     def __init__(self, model_s: float):
         self.model_s = model_s
@@ -65,14 +65,10 @@ def deploy(model_ms: float) -> None:
 
 
 async def measure(base: str, maker: ClipMaker, lengths: list[int], requests: int, model_ms: float) -> dict:
-    import aiohttp
-
     session = http_session()
 
     async def post(app: str, wav: bytes) -> float:
-        form = aiohttp.FormData()
-        form.add_field("model", "stub")
-        form.add_field("file", wav, filename="a.wav", content_type="audio/wav")
+        form = upload_form(wav, model="stub")
         started = time.perf_counter()
         async with session.post(f"{base}/{app}/v1/audio/transcriptions", data=form) as r:
             r.raise_for_status()

@@ -48,6 +48,24 @@ def wav_bytes(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def upload_form(wav: bytes, **fields: str):
+    """A transcription request's multipart body, as an OpenAI client sends it: form fields and the WAV file."""
+    import aiohttp
+
+    form = aiohttp.FormData()
+    for key, value in fields.items():
+        form.add_field(key, value)
+    form.add_field("file", wav, filename="a.wav", content_type="audio/wav")
+    return form
+
+
+def prepared(send, clip: np.ndarray):
+    """What ``send`` takes for ``clip``: ``send.prepare(clip)`` when it has one (an upload encoded before the clock
+    starts, as a client's file exists before it is sent), else the clip itself."""
+    prepare = getattr(send, "prepare", None)
+    return prepare(clip) if prepare else clip
+
+
 _sessions: dict = {}
 
 
@@ -77,10 +95,9 @@ async def run_load(
     ``keep_timeline`` when each request was sent and how long it took). A ``send`` with a ``prepare`` attribute gets
     ``prepare(clip)`` instead of the clip, made before the clock starts (a client's upload exists before it is sent).
     """
-    prepare = getattr(send, "prepare", lambda clip: clip)
     queue: asyncio.Queue = asyncio.Queue()
     for c in clips:
-        queue.put_nowait(prepare(c))
+        queue.put_nowait(prepared(send, c))
     timeline: list[tuple[float, float]] = []  # (sent at, latency) per request, seconds from the start
     errors: list[str] = []
 

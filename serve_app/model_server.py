@@ -22,7 +22,7 @@ from .transcript import ChatOptions, ChatTurn, TranscribeOptions, Transcript, du
 log = logging.getLogger("ray.serve")
 
 # Audio crosses the handle as 16-bit PCM: half the bytes of float32, and Serve's gRPC transport between replicas costs
-# per byte (a 30 s clip: 8.96 -> 4.01 ms a call on the 2-core box, benchmarks/handle_payload.py). Lossless
+# per byte (a 30 s clip: 7.5-9.0 -> 4.0-4.8 ms a call on the 2-core box, benchmarks/handle_payload.py). Lossless
 # for 16-bit sources (most uploads decode to multiples of 1/32768); samples past full scale are clipped.
 _PCM_SCALE = 32768
 
