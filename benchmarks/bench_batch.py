@@ -1,6 +1,6 @@
-"""Batch throughput: `python -m serve_app.batch` against a plain sequential faster-whisper loop, same files, one run.
+"""Batch throughput: `python -m serve_app.batch.job` against a plain sequential faster-whisper loop, same files, one run.
 
-    PYTHONPATH=. python benchmarks/bench_batch.py --copies 3 --out benchmarks/results/batch_cpu.json
+    python -m benchmarks.bench_batch --copies 3 --out benchmarks/results/batch_cpu.json
 
 Both use the embedded whisper tiny.en, int8, beam 5, no VAD, the same temperature fallback. The loop is the simplest
 fast program: one WhisperModel using every core (cpu_threads = cores), faster-whisper decoding each file itself.
@@ -22,26 +22,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from serve_app.batch_io import AUDIO_EXTENSIONS  # noqa: E402
-from serve_app.config import WhisperConfig  # noqa: E402
+from benchmarks.common import (
+    OFFLINE_ENV,
+    REPO,
+    SHARED_AUDIO,
+    command_line,
+    english_normaliser,
+    machine_info,
+    read_manifest,
+    write_result,
+)
+from serve_app.batch.io import AUDIO_EXTENSIONS
+from serve_app.config import WhisperConfig
 
 
 def english_wer(texts: dict[str, str], manifest: dict[str, dict]) -> float:
     """Corpus WER over the English clips with references; files are named "<copy>_<clip>"."""
     import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
 
-    normalize = EnglishTextNormalizer()
+    normalize = english_normaliser()
     refs, hyps = [], []
     for path, text in sorted(texts.items()):
         clip = manifest[Path(path).name.split("_", 1)[1]]
@@ -49,11 +54,6 @@ def english_wer(texts: dict[str, str], manifest: dict[str, dict]) -> float:
             refs.append(normalize(clip["transcript"]))
             hyps.append(normalize(text or ""))
     return round(jiwer.wer(refs, hyps), 4)
-
-
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
 
 def link_files(audio_dir: Path, copies: int, into: Path) -> list[Path]:
@@ -92,8 +92,8 @@ def sequential(files: list[Path], config: WhisperConfig) -> dict:
 
 def batch(folder: Path, output: Path, extra: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
-    command = [sys.executable, "-m", "serve_app.batch", str(folder), "-o", str(output), "--quiet", *extra]
+    env.update(PYTHONPATH=str(REPO), **OFFLINE_ENV)
+    command = [sys.executable, "-m", "serve_app.batch.job", str(folder), "-o", str(output), "--quiet", *extra]
     load = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -118,14 +118,15 @@ def batch(folder: Path, output: Path, extra: list[str]) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--audio-dir", default=str(REPO.parent / "shared" / "audio"))
+    p.add_argument("--audio-dir", default=str(SHARED_AUDIO))
     p.add_argument("--copies", type=int, default=3)
-    p.add_argument("--batch-args", default="--max-actors 1", help="extra arguments for serve_app.batch")
+    p.add_argument("--batch-args", default="--max-actors 1", help="extra arguments for serve_app.batch.job")
     p.add_argument("--rounds", type=int, default=2, help="rounds of both sides, alternating which goes first")
     p.add_argument("--out", help="also write the result JSON here")
     args = p.parse_args()
 
-    manifest = {m["file"]: m for m in map(json.loads, (Path(args.audio_dir) / "manifest.jsonl").read_text().splitlines())}
+    machine = machine_info()
+    manifest = {m["file"]: m for m in read_manifest(Path(args.audio_dir))}
     runs: dict[str, list[dict]] = {"sequential_loop": [], "batch": []}
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         folder = Path(tmp) / "audio"
@@ -150,10 +151,10 @@ def main() -> None:
 
     result = {
         "benchmark": "batch transcription throughput vs a sequential faster-whisper loop",
-        "machine": machine(),
+        "machine": machine,
         "shared_machine_note": "other helpers' tests and servers ran on the same 2 cores during this run; see the load averages",
         "model": {"name": "whisper-tiny.en (embedded)", **WhisperConfig().model_dump(exclude={"model", "download_root"})},
-        "command": " ".join(["PYTHONPATH=. python benchmarks/bench_batch.py", *sys.argv[1:]]),
+        "command": command_line(),
         "inputs": {"clips": len(files) // args.copies, "copies": args.copies, "files": len(files), "rounds": args.rounds},
         "batch_args": args.batch_args,
         "sequential_loop": overall("sequential_loop"),
@@ -161,11 +162,7 @@ def main() -> None:
         "sequential_loop_cpu_threads": os.cpu_count(),
     }
     result["speedup"] = round(result["batch"]["audio_hours_per_hour"] / result["sequential_loop"]["audio_hours_per_hour"], 3)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

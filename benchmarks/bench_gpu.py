@@ -1,11 +1,11 @@
 """GPU benchmarks of the Voxtral path through the project's own Serve app (and the engine directly), as JSON.
 
     # the shared card: a neighbour holds 50 GiB and churns 4 GiB while our app starts at num_gpus 0.15 and serves
-    python benchmarks/bench_gpu.py shared-card --model-dir /tmp/voxtral-full --audio-dir .bench-audio --out out.json
+    python -m benchmarks.bench_gpu shared-card --model-dir /tmp/voxtral-full --audio-dir .bench-audio --out out.json
     # speed: latency per clip length at several concurrencies, throughput, GPU memory; HTTP and engine-direct
-    python benchmarks/bench_gpu.py speed --preset default --engine-direct --model-dir ... --audio-dir ... --out ...
+    python -m benchmarks.bench_gpu speed --preset default --engine-direct --model-dir ... --audio-dir ... --out ...
 
-The model is a full-size Voxtral-Mini-3B-shaped checkpoint (``python -m serve_app.voxtral_checkpoint DIR --size full``)
+The model is a full-size Voxtral-Mini-3B-shaped checkpoint (``python -m fixtures.voxtral_checkpoint DIR --size full``)
 served with ``load_format: dummy``; output lengths are fixed (``ignore_eos``) so random weights cost what a real
 transcript of that length costs. All traffic goes to 127.0.0.1.
 """
@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -27,14 +26,11 @@ from unittest.mock import patch
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from loadgen import ClipMaker, http_session, prepared, run_load, speech_pool, upload_form, wav_bytes  # noqa: E402
-from local_serve import start_local_serve  # noqa: E402
-
-from serve_app.ray_env import SERVE_ENV, apply_serve_env  # noqa: E402
+from benchmarks.common import REPO, command_line, machine_info, serve_application, write_result
+from benchmarks.loadgen import ClipMaker, http_session, prepared, run_load, speech_pool, upload_form
+from benchmarks.local_serve import run_app, start_local_serve  # before ray.serve: it applies Serve's settings
+from serve_app.audio.wav import wav_bytes
+from serve_app.ray_env import apply_serve_env
 
 RAY_LOGS = Path("/tmp/ray/session_latest/logs")  # the local Ray this benchmark starts
 # Clip length -> output tokens of a real transcript of that length (the anchors' cases).
@@ -74,10 +70,7 @@ def voxtral_model(model_dir: str, preset: str, replicas: int = 1, max_ongoing: i
 
 
 def product_app() -> dict:
-    import yaml
-
-    apps = yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"]
-    return next(app for app in apps if app["name"] == "stt")
+    return serve_application(REPO / "serve_config.yaml", "stt")
 
 
 def product_chunking() -> dict:
@@ -118,22 +111,19 @@ def _nvidia_smi() -> dict:
 
 def start_serve(app_args: dict) -> str:
     import ray
-    from ray import serve
-
-    from serve_app.app import build_app
 
     if not ray.is_initialized():
         os.environ["BENCH_PORT"] = str(start_local_serve())
     started = time.perf_counter()
-    serve.run(build_app(app_args), name="stt", route_prefix="/")
+    run_app(app_args)
     print(f"serve app up in {time.perf_counter() - started:.1f} s", flush=True)
     return f"http://127.0.0.1:{os.environ['BENCH_PORT']}"
 
 
 def http_sender(base_url: str, max_tokens: int):
     """Posts each clip as a WAV upload, as an OpenAI client would. aiohttp, not httpx: with 128 uploads in flight an
-    httpx client held requests back for seconds before sending them (``client_burst.py``), which earlier sessions
-    took for a stall of the server."""
+    httpx client held requests back for seconds before sending them (``results/client_burst_cpu.json``), which earlier
+    sessions took for a stall of the server."""
     session = http_session()
 
     async def send(wav: bytes) -> str:
@@ -150,7 +140,7 @@ def http_sender(base_url: str, max_tokens: int):
 
 
 def direct_sender(backend, max_tokens: int):
-    from serve_app.transcript import TranscribeOptions
+    from serve_app.core.types import TranscribeOptions
 
     async def send(clip: np.ndarray):
         return await backend.transcribe(clip, TranscribeOptions(language="en", max_tokens=max_tokens, ignore_eos=True))
@@ -186,8 +176,8 @@ async def throughput_128(make_sender, maker: ClipMaker, n: int) -> dict:
 
 def handle_sender(handle, max_tokens: int):
     """A Serve handle call straight to the model replica: the engine the HTTP path uses, without HTTP and the ingress."""
-    from serve_app.model_server import to_pcm16
-    from serve_app.transcript import TranscribeOptions
+    from serve_app.core.types import TranscribeOptions
+    from serve_app.serving.wire import to_pcm16
 
     async def send(pcm: np.ndarray):
         return await handle.transcribe.remote(pcm, TranscribeOptions(language="en", max_tokens=max_tokens, ignore_eos=True))
@@ -247,31 +237,12 @@ async def side_by_side(paths: dict[str, dict], maker: ClipMaker, n: int) -> dict
     return out
 
 
-def machine() -> dict:
-    import torch
-
-    gpu = torch.cuda.is_available()
-    return {
-        "gpu": torch.cuda.get_device_name() if gpu else None,
-        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
-        "cpus": os.cpu_count(),
-        "cpu_model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), None),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "vllm": __import__("vllm").__version__,
-        "ray": __import__("ray").__version__,
-        "http_client": f"aiohttp {__import__('aiohttp').__version__}",
-        "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
-        "vllm_env": {k: v for k, v in os.environ.items() if k.startswith("VLLM_")},
-    }
-
-
 def cmd_shared_card(a) -> dict:
     ready = Path("/tmp/neighbour.ready")
     ready.unlink(missing_ok=True)
     neighbour = subprocess.Popen(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_neighbour.py"), "--hold-gib", str(a.hold_gib),
-         "--churn-gib", str(a.churn_gib), "--seconds", "900", "--ready-file", str(ready)]
+        [sys.executable, "-m", "benchmarks.gpu_neighbour", "--hold-gib", str(a.hold_gib),
+         "--churn-gib", str(a.churn_gib), "--seconds", "900", "--ready-file", str(ready)], cwd=REPO,
     )  # fmt: skip
     try:
         while not ready.exists():
@@ -425,7 +396,7 @@ def cmd_engine(a) -> dict:
             row["error"] = f"{type(e).__name__}: {e}"
             print(json.dumps(row), flush=True)
         out.append(row)
-        Path(a.out).write_text(json.dumps({"command": " ".join(sys.argv), "engine_variants": out}, indent=2))  # partial
+        write_result(a.out, {"command": command_line(), "engine_variants": out}, echo=False)  # partial
     return {"engine_variants": out}
 
 
@@ -495,10 +466,10 @@ def main() -> None:
     apply_serve_env()  # before Ray starts: what `make serve` and cluster/ run
     apply_product_env()
     started = time.time()
-    result = {"command": " ".join(sys.argv), "machine": machine()}
+    result = {"command": command_line(), "machine": machine_info()}
     result |= {"shared-card": cmd_shared_card, "speed": cmd_speed, "engine": cmd_engine}[a.command](a)
     result["wall_s"] = round(time.time() - started, 1)
-    Path(a.out).write_text(json.dumps(result, indent=2))
+    write_result(a.out, result, echo=False)
     print(json.dumps({k: v for k, v in result.items() if k not in ("http", "direct")}, indent=1)[:6000])
 
 

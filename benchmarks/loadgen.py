@@ -7,22 +7,19 @@ target is an async callable taking a 16 kHz float32 array: our HTTP API on 127.0
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from benchmarks.common import percentile
+from serve_app.core.types import SAMPLE_RATE
 
 
 def speech_pool(paths: list[Path]) -> np.ndarray:
     """Real speech from the given files, decoded and concatenated (the source of every benchmark clip)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from serve_app.audio import load_file
+    from serve_app.audio.decode import load_file
 
     return np.concatenate([load_file(str(p), max_duration_s=3600) for p in paths])
 
@@ -38,14 +35,6 @@ class ClipMaker:
         start = int(self.rng.integers(0, len(source) - n))
         noise = self.rng.normal(0, 1e-3, n).astype(np.float32)
         return (source[start : start + n] + noise).astype(np.float32)
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def upload_form(wav: bytes, **fields: str):
@@ -78,10 +67,6 @@ def http_session():
         connector = aiohttp.TCPConnector(limit=512)
         _sessions[loop] = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300))
     return _sessions[loop]
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 async def run_load(

@@ -31,8 +31,25 @@ def start_local_serve(**ray_init) -> int:
     from ray.serve._private import constants
 
     if constants.RAY_SERVE_THROUGHPUT_OPTIMIZED != (os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED") == "1"):
-        raise RuntimeError("ray.serve was imported before its settings were applied: import local_serve first")
+        raise RuntimeError("ray.serve was imported before its settings were applied: import benchmarks.local_serve first")
     ray.init(address="local", include_dashboard=False, log_to_driver=False, **ray_init)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     return port
+
+
+def run_app(app_args: dict, name: str = "stt", route_prefix: str = "/") -> None:
+    """The project's app (``build_app`` with ``app_args``) deployed on the Serve that ``start_local_serve`` started."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    serve.run(build_app(app_args), name=name, route_prefix=route_prefix)
+
+
+def stop_local_serve() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()

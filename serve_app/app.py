@@ -6,9 +6,9 @@ from typing import Any
 
 from ray.serve import Application
 
-from .config import AppConfig
-from .ingress import Ingress
-from .model_server import ModelServer
+from serve_app.api.ingress import Ingress
+from serve_app.config import AppConfig
+from serve_app.serving.model_server import ModelServer
 
 
 def build_app(args: dict[str, Any] | AppConfig | None = None) -> Application:

@@ -95,7 +95,7 @@ class VoxtralConfig(Strict):
     enforce_eager: bool = False
     # The largest step (in tokens) the language model replays as a CUDA graph. vLLM's default, 2 x max_num_seqs
     # (160 at 80 sequences), leaves a clip's prefill (~390 tokens: audio is padded to 30 s) to run op by op, which
-    # costs the engine core's CPU more than the GPU's work (benchmarks/NOTES-gpu.md, fifth session).
+    # costs the engine core's CPU more than the GPU's work (benchmarks/NOTES-gpu.md).
     max_cudagraph_capture_size: int | None = Field(None, ge=1)
     # CUDA graphs of the audio encoder for batches of up to this many 30 s windows (0: vLLM's eager encoder). Their
     # memory (~112 MiB a window) comes out of the KV cache: serve_config.yaml pairs 4 with FP8 weights.

@@ -9,7 +9,7 @@ the HTTP path went from 16.9 to 18.9 audio-s/s (benchmarks/results/whisper_http_
 Throughput-optimized mode (Ray's documented pair to HAProxy): handle calls between replicas over direct gRPC, user
 code and the handle's router on the replica's own event loop, the GC frozen after start-up. What one request's trip
 through HAProxy, the ingress and a handle call costs fell from 7.8-8.1 to 3.4-4.0 ms at p50 on the 2-core CPU box
-(benchmarks/serve_overhead.py, benchmarks/results/serve_overhead_cpu.json); keeping the router in its own thread gave
+(benchmarks/results/serve_overhead_cpu.json); keeping the router in its own thread gave
 back 1-1.6 ms of that, so a handle must be called from async code (a script that wants ``handle.remote().result()``
 sets ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1``). Beside the mode:
 - a replica takes gRPC messages up to 1 GiB, not 4 MiB: a request's whole audio crosses to the model replica when it

@@ -113,7 +113,7 @@ def base_url(deploy_app) -> str:
 @pytest.fixture(scope="session")
 def tiny_voxtral_dir(tmp_path_factory) -> Path:
     """A tiny randomly initialised Voxtral in Mistral format, built by the project's own checkpoint command."""
-    from serve_app.voxtral_checkpoint import build
+    from fixtures.voxtral_checkpoint import build
 
     return build(tmp_path_factory.mktemp("tiny-voxtral"), size="tiny")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
+
+from serve_app.audio.wav import wav_bytes  # noqa: F401  (tests import it from here)
 
 NO_REFERENCE = "no reference"
 
@@ -106,15 +106,6 @@ def assert_timeline(spans: list[tuple[float, float]], duration: float, slack: fl
 
 
 # --- audio ---
-
-
-def wav_bytes(samples: np.ndarray, sample_rate: int = 16_000, subtype: str = "PCM_16") -> bytes:
-    """Encode samples (frames x channels, or 1-D) as an in-memory WAV file."""
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, samples, sample_rate, format="WAV", subtype=subtype)
-    return buf.getvalue()
 
 
 def clip(manifest: list[dict], name: str) -> dict:

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from helpers import wav_bytes
 
-from serve_app.audio import decode_audio, load_file
+from serve_app.audio.decode import decode_audio, load_file
+from serve_app.core.types import SAMPLE_RATE
 from serve_app.errors import InvalidAudio, PayloadTooLarge, UnsupportedMediaType
-from serve_app.transcript import SAMPLE_RATE
+
+pytestmark = pytest.mark.fast
 
 
 def tone(seconds: float, sample_rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:

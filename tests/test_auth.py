@@ -7,7 +7,7 @@ import pytest
 from conftest import WHISPER_TEST_MODEL
 from ray import serve
 
-from serve_app.auth import bearer_token, key_matches, load_api_keys
+from serve_app.api.auth import bearer_token, key_matches, load_api_keys
 from serve_app.config import AppConfig, AuthConfig
 
 KEYS = ("sk-test-first-0123456789", "sk-test-second-abcdefghij")

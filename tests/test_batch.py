@@ -1,7 +1,9 @@
-"""Offline batch transcription (serve_app.batch): inputs, rows, accuracy, the shared core, resuming a killed job."""
+"""Offline batch transcription (serve_app.batch): inputs, rows, subtitles from the actors, accuracy, the shared core,
+resuming a killed job."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -12,14 +14,21 @@ from pathlib import Path
 
 import httpx
 import jiwer
+import numpy as np
 import pytest
 import yaml
 from conftest import WHISPER_TEST_MODEL
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from serve_app.batch import parse_args, run
-from serve_app.batch_io import OutputDir, resolve_inputs
-from serve_app.config import load_serve_config
+from serve_app.batch import pipeline
+from serve_app.batch.io import OutputDir, resolve_inputs
+from serve_app.batch.job import parse_args, run
+from serve_app.batch.pipeline import TranscribeActor, TranscriptionSettings
+from serve_app.batch.rows import BLOCK_SCHEMA, ROW_SCHEMA, Subtitle, split_block
+from serve_app.config import ChunkingConfig, WhisperModelConfig, load_serve_config
+from serve_app.core.formats import render
+from serve_app.core.types import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Word
+from serve_app.errors import InvalidAudio
 
 REPO = Path(__file__).resolve().parents[1]
 normalize = EnglishTextNormalizer()
@@ -44,6 +53,7 @@ ENGLISH = [
 # long file: the sonnet's second half alone is 55 % of its words).
 MAX_FILE_WER = 0.35
 MAX_CORPUS_WER = 0.15
+ROW_FIELDS = {"path", "text", "language", "duration", "segments", "error"}  # a transcripts.jsonl row, nothing more
 
 
 def bad_files(folder: Path) -> dict[str, str]:
@@ -92,6 +102,69 @@ def test_model_comes_from_the_serve_config():
         config.model("no-such-model")
 
 
+# What the scripted backend hears in any audio: two segments with word times, as whisper gives with word_timestamps.
+HEARD = Transcript(
+    "Ask not. What you can do.",
+    "en",
+    5.0,
+    [
+        Segment(0, 0.0, 1.5, " Ask not.", words=[Word(0.0, 0.6, " Ask"), Word(0.6, 1.5, " not.")]),
+        Segment(1, 2.0, 4.25, " What you can do.", words=[Word(2.0, 2.5, " What"), Word(2.5, 4.25, " you can do.")]),
+    ],
+)
+
+
+class ScriptedBackend:
+    """Stands in for a model in the actor: hears HEARD in any audio, and fails on clipped audio."""
+
+    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        if np.abs(audio).max() >= 1.0:
+            raise InvalidAudio("The audio is clipped.")
+        return HEARD
+
+
+def _batch(files: dict[str, tuple[np.ndarray, str]]) -> dict[str, np.ndarray]:
+    """A batch as Ray Data hands it to the actor after decode_row: path, audio (an object array) and error."""
+    audio = np.empty(len(files), dtype=object)
+    audio[:] = [a for a, _ in files.values()]
+    return {"path": np.array(list(files)), "audio": audio, "error": np.array([e for _, e in files.values()])}
+
+
+def test_the_actor_renders_subtitles_and_the_jsonl_row_does_not_carry_them(monkeypatch):
+    monkeypatch.setattr(pipeline, "make_backend", lambda model, gpu_share=None: ScriptedBackend())
+    settings = TranscriptionSettings(
+        WhisperModelConfig(name="scripted"), ChunkingConfig(enabled=False), TranscribeOptions(language="en"), ("srt", "vtt")
+    )
+    batch = _batch(
+        {
+            "/in/ok.wav": (np.zeros(5 * SAMPLE_RATE, np.float32), ""),
+            "/in/empty.wav": (np.zeros(0, np.float32), "invalid_audio: The audio file is empty."),
+            "/in/clipped.wav": (np.ones(2 * SAMPLE_RATE, np.float32), ""),
+        }
+    )
+    block = asyncio.run(TranscribeActor(settings)(batch))
+    assert block.schema == BLOCK_SCHEMA
+
+    rows, subtitles = split_block(block)
+    assert [set(r) for r in rows] == [set(ROW_SCHEMA.names)] * 3 == [ROW_FIELDS] * 3
+    ok, empty, clipped = rows
+    assert ok["text"] == HEARD.text and ok["error"] is None and ok["duration"] == 5.0
+    assert ok["segments"] == [{"id": s.id, "start": s.start, "end": s.end, "text": s.text} for s in HEARD.segments]
+    assert empty["error"] == "invalid_audio: The audio file is empty." and empty["text"] is None and empty["segments"] == []
+    assert clipped["error"] == "invalid_audio: The audio is clipped." and clipped["duration"] == 2.0
+    # The subtitles come out of the actor, rendered from the whole transcript, and only for the transcribed file.
+    assert subtitles == [Subtitle("/in/ok.wav", fmt, render(HEARD, fmt)[0]) for fmt in ("srt", "vtt")]
+    assert subtitles[0].text == "1\n00:00:00,000 --> 00:00:01,500\nAsk not.\n\n2\n00:00:02,000 --> 00:00:04,250\nWhat you can do.\n"
+
+
+def test_the_actor_renders_only_the_formats_asked_for(monkeypatch):
+    monkeypatch.setattr(pipeline, "make_backend", lambda model, gpu_share=None: ScriptedBackend())
+    settings = TranscriptionSettings(WhisperModelConfig(name="scripted"), ChunkingConfig(enabled=False), TranscribeOptions())
+    block = asyncio.run(TranscribeActor(settings)(_batch({"/in/ok.wav": (np.zeros(SAMPLE_RATE * 5, np.float32), "")})))
+    rows, subtitles = split_block(block)
+    assert rows[0]["text"] == HEARD.text and subtitles == []
+
+
 @pytest.fixture(scope="module")
 def batch_run(serve_instance, audio_dir, tmp_path_factory):
     """One in-process batch on the session's Ray cluster: English clips and bad files, with srt and vtt."""
@@ -110,7 +183,9 @@ def test_one_row_per_file_and_bad_files_are_error_rows(batch_run, audio_dir):
     rows = read_jsonl(batch_run["out"] / "transcripts.jsonl")
     expected = {str(audio_dir / f) for f in ENGLISH} | {str(batch_run["tmp"] / f) for f in batch_run["errors"]}
     assert sorted(r["path"] for r in rows) == sorted(expected)
-    assert all(set(r) == {"path", "text", "language", "duration", "segments", "error"} for r in rows)
+    assert all(set(r) == ROW_FIELDS for r in rows)
+    part_rows = [r for part in (batch_run["out"] / "parts").glob("*.jsonl") for r in read_jsonl(part)]
+    assert len(part_rows) == len(expected) and all(set(r) == ROW_FIELDS for r in part_rows)  # no subtitle strings
     by_name = {Path(r["path"]).name: r for r in rows}
     for name, code in batch_run["errors"].items():
         assert by_name[name]["error"].startswith(code + ":"), by_name[name]

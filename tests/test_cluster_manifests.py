@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import ray
 import yaml
 
-from serve_app.batch import parse_args
+from serve_app.batch.job import parse_args
 from serve_app.config import load_serve_config
+
+pytestmark = pytest.mark.fast
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

@@ -10,6 +10,8 @@ from pydantic import ValidationError
 
 from serve_app.config import AppConfig, VoxtralModelConfig, WhisperModelConfig
 
+pytestmark = pytest.mark.fast
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from helpers import assert_timeline, parse_srt, parse_vtt
 
-from serve_app.formats import RENDERERS, render
-from serve_app.transcript import Segment, Transcript, Word
+from serve_app.core.formats import RENDERERS, render
+from serve_app.core.types import Segment, Transcript, Word
+
+pytestmark = pytest.mark.fast
 
 
 def transcript(*spans: tuple[float, float, str], duration: float = 10.0, words=None) -> Transcript:

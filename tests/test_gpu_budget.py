@@ -8,10 +8,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from serve_app import planner
+from fixtures.voxtral_checkpoint import build
 from serve_app.config import VoxtralConfig
-from serve_app.gpu_budget import GiB, BudgetError, check_free_memory, kv_bytes_per_token, plan_memory, weights_bytes
-from serve_app.voxtral_checkpoint import build
+from serve_app.gpu import planner
+from serve_app.gpu.budget import (
+    BudgetError,
+    GiB,
+    check_free_memory,
+    kv_bytes_per_token,
+    plan_memory,
+    weights_bytes,
+)
+
+pytestmark = pytest.mark.fast
 
 REPO = Path(__file__).resolve().parents[1]
 H100 = int(79.6 * GiB)

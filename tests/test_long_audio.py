@@ -7,7 +7,6 @@ tiny.en is English-only, so for the German clip only timing properties are check
 from __future__ import annotations
 
 import base64
-import io
 import re
 import time
 
@@ -16,11 +15,11 @@ import jiwer
 import numpy as np
 import openai
 import pytest
-import soundfile as sf
 
-from assembled_audio import assemble
 from conftest import WHISPER_TEST_MODEL
-from serve_app.transcript import SAMPLE_RATE
+from fixtures.assembled_audio import assemble
+from serve_app.audio.wav import wav_bytes
+from serve_app.core.types import SAMPLE_RATE
 
 TIMEOUT = 600.0
 ENGLISH_LONG = "en_librivox_sonnet001.mp3"
@@ -46,12 +45,6 @@ def _transcribe(url: str, data: bytes, filename: str, **form) -> httpx.Response:
 
 def _verbose(url: str, data: bytes, filename: str) -> dict:
     return _transcribe(url, data, filename, response_format="verbose_json").json()
-
-
-def _wav(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 def _check_timing(body: dict, duration: float) -> None:
@@ -152,7 +145,7 @@ def test_assembled_recording_segments_land_on_the_speech(recording, recording_ch
     ids=["silence", "low-noise"],
 )
 def test_audio_without_speech_gives_an_empty_transcript(base_url, audio):
-    data = _wav(audio)
+    data = wav_bytes(audio)
     assert _transcribe(base_url, data, "quiet.wav").json() == {"text": ""}
     body = _verbose(base_url, data, "quiet.wav")
     assert body["text"] == "" and body["segments"] == []

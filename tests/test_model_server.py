@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 
-from serve_app.model_server import RemoteBackend, from_pcm16, to_pcm16
-from serve_app.transcript import ChatOptions, ChatTurn, TranscribeOptions, Transcript
+from serve_app.core.types import ChatOptions, ChatTurn, TranscribeOptions, Transcript
+from serve_app.serving.remote_backend import RemoteBackend
+from serve_app.serving.wire import from_pcm16, to_pcm16
+
+pytestmark = pytest.mark.fast
 
 
 def test_16_bit_sources_cross_exactly_and_louder_than_full_scale_is_clipped():

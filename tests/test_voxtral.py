@@ -15,13 +15,9 @@ import openai
 import pytest
 import soundfile as sf
 
+from serve_app.audio.wav import wav_bytes
+
 MODEL = "voxtral-tiny"
-
-
-def wav_bytes(audio: np.ndarray, sr: int = 16000) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -183,11 +179,11 @@ def test_cached_transcription_prompt_equals_encode_transcription(tiny_voxtral_di
     from mistral_common.protocol.transcription.request import TranscriptionRequest
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    from serve_app.backends.voxtral import _wav_bytes, transcription_prompt
+    from serve_app.backends.voxtral import transcription_prompt
 
     instruct = MistralTokenizer.from_file(str(tiny_voxtral_dir / "tekken.json")).instruct_tokenizer
     audio = np.random.default_rng(3).normal(0, 0.1, int(seconds * 16000)).astype(np.float32)
-    expected = instruct.encode_transcription(TranscriptionRequest(audio=_wav_bytes(audio), language=language))
+    expected = instruct.encode_transcription(TranscriptionRequest(audio=wav_bytes(audio, subtype="FLOAT"), language=language))
     cache: dict = {}
     for _ in range(2):  # computed, then served from the cache
         got = transcription_prompt(instruct, audio, language, cache)

@@ -1,15 +1,18 @@
-"""Backends behind one protocol (``serve_app.transcript.Backend``); each is imported only when configured."""
+"""Backends behind one protocol (``base.Backend``); each is imported only when configured."""
 
 from __future__ import annotations
 
-from ..config import VoxtralModelConfig, WhisperModelConfig
+from serve_app.backends.base import Backend, warm_up
+from serve_app.config import VoxtralModelConfig, WhisperModelConfig
+
+__all__ = ["Backend", "make_backend", "warm_up"]
 
 
-def make_backend(model: WhisperModelConfig | VoxtralModelConfig, *, gpu_share: float | None = None):
+def make_backend(model: WhisperModelConfig | VoxtralModelConfig, *, gpu_share: float | None = None) -> Backend:
     if model.backend == "whisper":
-        from .whisper import WhisperBackend
+        from serve_app.backends.whisper import WhisperBackend
 
         return WhisperBackend(model.whisper)
-    from .voxtral import VoxtralBackend
+    from serve_app.backends.voxtral import VoxtralBackend
 
     return VoxtralBackend(model.voxtral, gpu_share=gpu_share)

@@ -8,9 +8,7 @@ Concurrent requests (and the chunks of one long request) are batched by vLLM's c
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import math
 import os
 import time
 import uuid
@@ -18,9 +16,11 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..config import VoxtralConfig
-from ..errors import BackendUnavailable, InvalidRequest
-from ..transcript import (
+from serve_app.audio.wav import wav_bytes
+from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
+from serve_app.config import VoxtralConfig
+from serve_app.core.token_budget import chat_tokens, transcription_tokens
+from serve_app.core.types import (
     SAMPLE_RATE,
     ChatOptions,
     ChatTurn,
@@ -29,7 +29,7 @@ from ..transcript import (
     Transcript,
     duration_of,
 )
-from .voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
+from serve_app.errors import BackendUnavailable, InvalidRequest
 
 log = logging.getLogger("ray.serve")
 
@@ -55,7 +55,7 @@ class VoxtralBackend:
     def _memory_args(self, gpu_share: float | None) -> dict:
         if self.device == "cpu":
             return {"kv_cache_memory_bytes": self.config.kv_cache_memory_bytes or 256 << 20}
-        from ..gpu_budget import plan_for_this_gpu
+        from serve_app.gpu.budget import plan_for_this_gpu
 
         share = self.config.gpu_share or gpu_share
         if not share:
@@ -63,11 +63,6 @@ class VoxtralBackend:
         plan = plan_for_this_gpu(self.config, share)
         log.info("GPU memory plan: %s", plan.describe())
         return plan.engine_args()
-
-    async def warm_up(self) -> float:
-        started = time.perf_counter()
-        await self.transcribe(np.zeros(SAMPLE_RATE, np.float32), TranscribeOptions(language="en"))
-        return time.perf_counter() - started
 
     # --- the backend protocol ---
 
@@ -77,7 +72,7 @@ class VoxtralBackend:
             prompt = self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))])
         else:
             prompt = self._transcription_prompt(audio, options.language)
-        max_tokens = self._max_tokens(duration, options)
+        max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
         text = await self._complete(prompt, max_tokens, options.temperature, options.request_id, options.ignore_eos)
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
@@ -85,7 +80,7 @@ class VoxtralBackend:
 
     async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]:
         audio_s = sum(duration_of(p) for t in turns for p in t.parts if isinstance(p, np.ndarray))
-        max_tokens = options.max_tokens or max(256, self._duration_tokens(audio_s))
+        max_tokens = chat_tokens(audio_s, self.config.max_audio_tokens_per_s, options.max_tokens)
         prompt = self._chat_prompt(turns)
         async for delta in self._generate(prompt, max_tokens, options.temperature, options.top_p, options.request_id):
             yield delta
@@ -100,21 +95,16 @@ class VoxtralBackend:
 
     # --- prompts and generation ---
 
-    def _duration_tokens(self, duration_s: float) -> int:
-        return math.ceil(duration_s * self.config.max_audio_tokens_per_s) + 16
-
-    def _max_tokens(self, duration_s: float, options: TranscribeOptions) -> int:
-        bound = self._duration_tokens(duration_s)
-        if options.ignore_eos and options.max_tokens:
-            return options.max_tokens  # a fixed length was asked for (benchmarks)
-        return min(bound, options.max_tokens) if options.max_tokens else bound
-
     def _transcription_prompt(self, audio: np.ndarray, language: str | None) -> dict:
         return transcription_prompt(self.tokenizer.instruct, audio, language, self._prompt_tokens)
 
     def _chat_prompt(self, turns: list[ChatTurn]) -> dict:
         from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
-        from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+        from mistral_common.protocol.instruct.messages import (
+            AssistantMessage,
+            SystemMessage,
+            UserMessage,
+        )
         from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
         messages = []
@@ -125,7 +115,7 @@ class VoxtralBackend:
                 messages.append(AssistantMessage(content=" ".join(p for p in turn.parts if isinstance(p, str))))
             else:
                 chunks = [
-                    AudioChunk(input_audio=_wav_bytes(p)) if isinstance(p, np.ndarray) else TextChunk(text=p)
+                    AudioChunk(input_audio=wav_bytes(p, subtype="FLOAT")) if isinstance(p, np.ndarray) else TextChunk(text=p)
                     for p in turn.parts
                     if not (isinstance(p, str) and not p)
                 ]
@@ -225,7 +215,7 @@ def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cach
     key = (len(padded), language)
     if key not in cache:
         try:
-            request = TranscriptionRequest(audio=_wav_bytes(np.zeros(len(padded), np.float32)), language=language)
+            request = TranscriptionRequest(audio=wav_bytes(np.zeros(len(padded), np.float32), subtype="FLOAT"), language=language)
         except ValueError as e:
             raise InvalidRequest(f"Invalid transcription request: {e}", param="language") from None
         cache[key] = instruct.encode_transcription(request).tokens
@@ -244,14 +234,6 @@ def _device(setting: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _wav_bytes(audio: np.ndarray) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")
-    return buf.getvalue()
 
 
 def _prompt(tokenized) -> dict:

@@ -15,10 +15,8 @@ from typing import AsyncIterator
 
 import numpy as np
 
-from ..config import WhisperConfig
-from ..errors import InvalidRequest
-from ..transcript import (
-    SAMPLE_RATE,
+from serve_app.config import WhisperConfig
+from serve_app.core.types import (
     ChatOptions,
     ChatTurn,
     Segment,
@@ -27,6 +25,7 @@ from ..transcript import (
     Word,
     duration_of,
 )
+from serve_app.errors import InvalidRequest
 
 log = logging.getLogger("ray.serve")
 
@@ -48,11 +47,6 @@ class WhisperBackend:
         )
         self._pool = ThreadPoolExecutor(config.num_workers, thread_name_prefix="whisper")
         log.info("whisper %s loaded in %.2f s", config.model_path(), time.perf_counter() - started)
-
-    async def warm_up(self) -> float:
-        started = time.perf_counter()
-        await self.transcribe(np.zeros(SAMPLE_RATE, np.float32), TranscribeOptions(language="en"))
-        return time.perf_counter() - started
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         if options.task == "translate" and not self.model.model.is_multilingual:

@@ -1,9 +1,8 @@
-"""The data every backend speaks: options in, a transcript with timed segments out, and the backend protocol."""
+"""The data every backend speaks: options in, a transcript with timed segments out. Audio is 16 kHz mono float32."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
 
 import numpy as np
 
@@ -69,20 +68,6 @@ class ChatOptions:
     temperature: float = 0.0
     top_p: float = 1.0
     request_id: str | None = None
-
-
-class Backend(Protocol):
-    """What a model server does. Audio is always 16 kHz mono float32; nothing here knows about HTTP."""
-
-    async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript: ...
-
-    def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]: ...
-
-    async def check_health(self) -> None: ...
-
-    async def warm_up(self) -> float:
-        """Run one small request so the first user does not pay for lazy initialisation; returns seconds spent."""
-        ...
 
 
 def duration_of(audio: np.ndarray) -> float:

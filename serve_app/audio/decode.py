@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from .errors import InvalidAudio, PayloadTooLarge, UnsupportedMediaType
-from .transcript import SAMPLE_RATE
+from serve_app.core.types import SAMPLE_RATE
+from serve_app.errors import InvalidAudio, PayloadTooLarge, UnsupportedMediaType
 
 # Types that are certainly not audio: an undecodable upload that says it is one of these gets 415, not 400.
 _NON_AUDIO_TYPES = ("text/", "image/", "application/json", "application/pdf", "application/zip", "application/xml")

@@ -1,6 +1,6 @@
 """GPU planner: reads a Serve config and prints each GPU's budget (fractions, bytes, what is left).
 
-    python -m serve_app.planner serve_config.yaml [--gpus 1] [--gpu-memory-gib 80]
+    python -m serve_app.gpu.planner serve_config.yaml [--gpus 1] [--gpu-memory-gib 80]
 
 It counts every app and deployment that asks for GPUs: this project's models (from ``args``), Ray Serve LLM apps
 (``llm_configs`` placement bundles) and any app's ``deployments`` overrides. Replicas are counted at their maximum
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from .config import AppConfig
-from .gpu_budget import GiB, BudgetError, plan_memory
+from serve_app.config import AppConfig
+from serve_app.gpu.budget import BudgetError, GiB, plan_memory
 
 APP_BUILDER = "serve_app.app:build_app"
 LLM_BUILDERS = ("ray.serve.llm:build_openai_app", "ray.serve.llm:build_llm_deployment")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ChunkingConfig
-from .transcript import SAMPLE_RATE
+from serve_app.config import ChunkingConfig
+from serve_app.core.types import SAMPLE_RATE
 
 WINDOW = 512  # samples per speech probability (32 ms)
 _WINDOW_MS = WINDOW * 1000 / SAMPLE_RATE
@@ -86,7 +86,9 @@ def has_speech(audio: np.ndarray, config: ChunkingConfig, first_s: float = 2.0) 
 
 def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
     """One Silero speech probability per 32 ms window; long audio runs as slices on ``threads`` threads."""
-    from faster_whisper.vad import get_vad_model  # loaded once per process, on first use
+    from faster_whisper.vad import (
+        get_vad_model,  # loaded once per process, on first use
+    )
 
     model = get_vad_model()
     if len(audio) == 0:

@@ -7,7 +7,7 @@ import hmac
 import os
 from typing import Mapping
 
-from .config import AuthConfig
+from serve_app.config import AuthConfig
 
 
 def load_api_keys(config: AuthConfig, environ: Mapping[str, str] = os.environ) -> frozenset[str]:

@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import VoxtralConfig
+from serve_app.config import VoxtralConfig
+from serve_app.gpu.voxtral_shapes import KNOWN_SHAPES, params
 
 GiB = 1 << 30
 
@@ -27,9 +28,6 @@ ENCODER_GRAPH_BYTES_PER_WINDOW = 112 << 20
 # 160 tokens (its default at 80 sequences) and 0.34 GiB up to 512 on an H200 (benchmarks/results/gpu/engine_capture.json).
 # The activation reserve covers vLLM's default sizes; a larger max_cudagraph_capture_size is charged per extra token.
 LM_GRAPH_BYTES_PER_TOKEN = 512 << 10
-
-# Hub ids whose weights are not on this machine, planned from their shapes (serve_app.voxtral_checkpoint's sizes).
-KNOWN_SHAPES = {"mistralai/Voxtral-Mini-3B-2507": "full"}
 
 
 class BudgetError(ValueError):
@@ -108,8 +106,6 @@ def _params(config: VoxtralConfig) -> dict | None:
     if path.exists():
         return json.loads(path.read_text())
     if config.model in KNOWN_SHAPES:
-        from .voxtral_checkpoint import params
-
         return params(KNOWN_SHAPES[config.model])
     return None
 

@@ -8,16 +8,23 @@ this process (batch actors). Long audio is cut by the VAD into speech chunks tha
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass, replace
 from typing import AsyncIterator
 
 import numpy as np
 
-from .config import ChunkingConfig
-from .repetition import cut_repetition
-from .transcript import Backend, Segment, TranscribeOptions, Transcript, Word, duration_of
-from .vad import Chunk, has_speech, speech_chunks
+from serve_app.audio.vad import Chunk, has_speech, speech_chunks
+from serve_app.backends.base import Backend
+from serve_app.config import ChunkingConfig
+from serve_app.core.repetition import cut_repetition
+from serve_app.core.token_budget import chunk_tokens
+from serve_app.core.types import (
+    Segment,
+    TranscribeOptions,
+    Transcript,
+    Word,
+    duration_of,
+)
 
 
 @dataclass
@@ -82,8 +89,8 @@ class Transcriber:
         self, audio: np.ndarray, chunk: Chunk, options: TranscribeOptions, limit: asyncio.Semaphore
     ) -> ChunkResult:
         if options.max_tokens is None:  # a request's own max_tokens (a benchmark's, say) applies to each chunk as is
-            bound = math.ceil(chunk.duration_s * self.chunking.max_tokens_per_s)
-            options = replace(options, max_tokens=max(self.chunking.min_max_tokens, bound))
+            budget = chunk_tokens(chunk.duration_s, self.chunking.max_tokens_per_s, self.chunking.min_max_tokens)
+            options = replace(options, max_tokens=budget)
         async with limit:
             t = await self.backend.transcribe(audio[chunk.start : chunk.end], options)
         return place(t, chunk, self.chunking.cut_repetitions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Callable
 
-from .transcript import Transcript
+from serve_app.core.types import Transcript
 
 
 def _json(t: Transcript, task: str):

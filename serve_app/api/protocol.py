@@ -4,15 +4,87 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
+from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve_app.core.types import ChatOptions, TranscribeOptions
+from serve_app.errors import InvalidRequest
+
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+GRANULARITIES = frozenset({"segment", "word"})
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+# --- audio transcriptions and translations: multipart forms ---
+
+
+class AudioForm(BaseModel):
+    """The form fields both audio routes take (unknown fields are ignored, as OpenAI does)."""
+
+    model_config = ConfigDict(populate_by_name=True, protected_namespaces=())
+    task: ClassVar[str]
+
+    file: UploadFile
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    response_format: ResponseFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+
+    def check(self) -> None:
+        """The checks across fields that the field types cannot make; raises ``InvalidRequest``."""
+
+    def to_options(self, request_id: str | None) -> TranscribeOptions:
+        return TranscribeOptions(prompt=self.prompt, temperature=self.temperature, task=self.task, request_id=request_id)
+
+    @property
+    def streamed(self) -> bool:
+        return False
+
+
+class TranslationForm(AudioForm):
+    """``POST /v1/audio/translations``: speech in any language to English text."""
+
+    task: ClassVar[str] = "translate"
+
+
+class TranscriptionForm(AudioForm):
+    """``POST /v1/audio/transcriptions``, plus vLLM's generation extensions ``max_tokens`` and ``ignore_eos``."""
+
+    task: ClassVar[str] = "transcribe"
+
+    language: Optional[str] = None
+    timestamp_granularities: list[str] = Field([], alias="timestamp_granularities[]")
+    stream: bool = False
+    max_tokens: Optional[int] = Field(None, ge=1)
+    ignore_eos: bool = False
+
+    def check(self) -> None:
+        unknown = set(self.timestamp_granularities) - GRANULARITIES
+        if unknown:
+            raise InvalidRequest(f"Unknown timestamp granularities: {sorted(unknown)}.", param="timestamp_granularities[]")
+        if self.timestamp_granularities and self.response_format != "verbose_json":
+            raise InvalidRequest("timestamp_granularities requires response_format verbose_json.", param="timestamp_granularities[]")
+
+    def to_options(self, request_id: str | None) -> TranscribeOptions:
+        return TranscribeOptions(
+            language=self.language or None,
+            prompt=self.prompt,
+            temperature=self.temperature,
+            task=self.task,
+            word_timestamps="word" in self.timestamp_granularities,
+            request_id=request_id,
+            max_tokens=self.max_tokens,
+            ignore_eos=self.ignore_eos,
+        )
+
+    @property
+    def streamed(self) -> bool:
+        return self.stream
 
 
 # --- chat completions: requests (clients send many fields we do not use; those are accepted and ignored) ---
@@ -68,6 +140,14 @@ class ChatCompletionRequest(Lenient):
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=1)
+
+    def to_options(self, request_id: str | None) -> ChatOptions:
+        return ChatOptions(
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            request_id=request_id,
+        )
 
 
 # --- chat completions: responses ---

@@ -1,0 +1,38 @@
+"""The FastAPI app, built from the typed config and the model backends: the Serve ingress builds it in each replica,
+and tests build it in-process with any object that speaks the backend protocol."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from serve_app.api.audio_input import AudioInput
+from serve_app.api.error_handlers import install_error_handlers
+from serve_app.api.middleware import AccessLog, Admission
+from serve_app.api.model_registry import ModelRegistry
+from serve_app.api.routes import router
+from serve_app.backends.base import Backend
+from serve_app.config import AppConfig
+from serve_app.metrics import IngressMetrics
+
+# Chat requests carry base64 audio (4/3 of its bytes); a multipart upload adds a little to the file.
+_MULTIPART_OVERHEAD = 1 << 20
+
+
+def max_request_bytes(config: AppConfig) -> int:
+    return config.limits.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
+
+
+def create_app(
+    config: AppConfig,
+    backends: dict[str, Backend],
+    api_keys: frozenset[str] = frozenset(),
+    metrics: IngressMetrics | None = None,
+) -> FastAPI:
+    app = FastAPI(title="Speech-to-text (OpenAI-compatible)", version="0.1.0")
+    app.state.models = ModelRegistry(config, backends)
+    app.state.audio_input = AudioInput(config.limits, metrics)
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(Admission, max_request_bytes=max_request_bytes(config), api_keys=api_keys)
+    app.add_middleware(AccessLog, metrics=metrics)  # added last: the outermost layer, so it logs refusals too
+    return app

@@ -1,0 +1,94 @@
+"""The HTTP API: OpenAI's audio, chat and model routes. Each route validates its request model, hands decoded audio
+to the model's transcriber or backend, and renders the answer; errors are typed and rendered in one place."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from serve_app.api.audio_input import AudioInput
+from serve_app.api.model_registry import ModelRegistry
+from serve_app.api.protocol import (
+    AssistantMessage,
+    AudioForm,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    TranscriptionForm,
+    TranslationForm,
+    dump,
+    new_id,
+)
+from serve_app.api.request_context import current_request
+from serve_app.api.streaming import chat_chunks, sse, started, transcript_events
+from serve_app.core import formats
+
+router = APIRouter()
+
+
+def models(request: Request) -> ModelRegistry:
+    return request.app.state.models
+
+
+def audio_input(request: Request) -> AudioInput:
+    return request.app.state.audio_input
+
+
+Models = Annotated[ModelRegistry, Depends(models)]
+Audio = Annotated[AudioInput, Depends(audio_input)]
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/v1/models")
+async def list_models(registry: Models) -> dict:
+    return dump(registry.cards())
+
+
+@router.get("/v1/models/{model_id}")
+async def get_model(model_id: str, registry: Models) -> dict:
+    return dump(registry.card(model_id))
+
+
+@router.post("/v1/audio/transcriptions")
+async def transcriptions(form: Annotated[TranscriptionForm, Form()], registry: Models, audio: Audio) -> Response:
+    return await speech_to_text(form, registry, audio)
+
+
+@router.post("/v1/audio/translations")
+async def translations(form: Annotated[TranslationForm, Form()], registry: Models, audio: Audio) -> Response:
+    return await speech_to_text(form, registry, audio)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: ChatCompletionRequest, registry: Models, audio: Audio) -> Response:
+    name = registry.resolve(request.model)
+    turns = await asyncio.gather(*(audio.chat_turn(m) for m in request.messages))
+    deltas = registry.backends[name].chat_stream(list(turns), request.to_options(current_request().request_id))
+    completion_id, model_id = new_id("chatcmpl"), request.model or name
+    if request.stream:
+        return sse(chat_chunks(completion_id, model_id, await started(deltas)))
+    text = "".join([d async for d in deltas])
+    choice = Choice(message=AssistantMessage(content=text))
+    return JSONResponse(dump(ChatCompletion(id=completion_id, model=model_id, choices=[choice])))
+
+
+async def speech_to_text(form: AudioForm, registry: ModelRegistry, audio: AudioInput) -> Response:
+    name = registry.resolve(form.model)
+    form.check()
+    samples = await audio.upload(form.file)
+    options = form.to_options(current_request().request_id)
+    transcriber = registry.transcribers[name]
+    if form.streamed:
+        deltas = await started(transcriber.stream(samples, options))
+        return sse(transcript_events(deltas), done_marker=False)
+    body, media_type = formats.render(await transcriber.transcribe(samples, options), form.response_format, form.task)
+    if isinstance(body, dict):
+        return JSONResponse(body)
+    return PlainTextResponse(body, media_type=media_type)

@@ -1,0 +1,3 @@
+from serve_app.batch.job import main
+
+main()
