@@ -170,6 +170,22 @@ class ChunkingConfig(Strict):
     cut_repetitions: bool = Field(True, description="truncate a runaway n-gram loop at the end of a chunk's text")
 
 
+class ChatConfig(Strict):
+    """Chat completions with audio (the old vLLM server's clients): the guards the transcription route has.
+
+    ``on_no_speech``: when no audio part of a request holds speech, ``empty`` answers with empty content at once,
+    without calling the model (a model asked to transcribe a tone or silence invents text); ``model`` lets the model
+    answer, for deployments that ask about non-speech sounds on purpose. Requests without audio always reach it.
+    The token budget of a request with audio is ``max_tokens_per_s`` per second of audio plus ``answer_tokens`` for the
+    answer's own words; a client's ``max_tokens`` lowers it, never raises it.
+    """
+
+    on_no_speech: Literal["empty", "model"] = "empty"
+    max_tokens_per_s: float = Field(8.0, gt=0)
+    answer_tokens: int = Field(128, ge=1)
+    cut_repetitions: bool = Field(True, description="stop a runaway n-gram loop and cut the answer to its first copy")
+
+
 class IngressConfig(Strict):
     # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve itself
     # answers 503 with Retry-After (not in OpenAI's JSON shape: our handlers never see the request).
@@ -199,6 +215,7 @@ class AppConfig(Strict):
     default_model: str | None = None
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
+    chat: ChatConfig = Field(default_factory=ChatConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

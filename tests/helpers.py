@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-
 from serve_app.audio.wav import wav_bytes  # noqa: F401  (tests import it from here)
 
 NO_REFERENCE = "no reference"

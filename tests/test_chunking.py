@@ -13,11 +13,21 @@ from hypothesis import strategies as st
 
 from fixtures.assembled_audio import assemble
 from serve_app.audio.decode import load_file
+from serve_app.audio.vad import (
+    WINDOW,
+    Chunk,
+    has_speech,
+    model_windows,
+    pack,
+    padded,
+    prefix_windows,
+    speech_chunks,
+    speech_regions,
+)
 from serve_app.config import ChunkingConfig, WhisperConfig
 from serve_app.core.repetition import cut_repetition
 from serve_app.core.transcriber import ChunkResult, Transcriber, place, stitch
 from serve_app.core.types import SAMPLE_RATE, Segment, TranscribeOptions, Transcript, Word
-from serve_app.audio.vad import WINDOW, Chunk, has_speech, model_windows, pack, padded, prefix_windows, speech_chunks, speech_regions
 
 CONFIG = ChunkingConfig()
 

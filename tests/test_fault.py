@@ -16,8 +16,8 @@ from ray import serve
 from replicas import all_running, kill_replica, on_handle_loop, replica_actor_names, wait_until
 from whisper_normalizer.english import EnglishTextNormalizer
 
-from serve_app.serving.model_server import FAILURES_BEFORE_UNHEALTHY
 from serve_app.core.types import TranscribeOptions
+from serve_app.serving.model_server import FAILURES_BEFORE_UNHEALTHY
 
 MODEL_DEPLOYMENT = "model-whisper-tiny.en"
 RECOVERY_BOUND_S = 60

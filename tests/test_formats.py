@@ -6,7 +6,7 @@ import pytest
 from helpers import assert_timeline, parse_srt, parse_vtt
 
 from serve_app.core.formats import RENDERERS, render
-from serve_app.core.types import Segment, Transcript, Word
+from serve_app.core.types import Segment, TokenUsage, Transcript, Word
 
 pytestmark = pytest.mark.fast
 
@@ -76,12 +76,12 @@ def test_empty_transcript_renders_empty_subtitles():
     assert render(t, "srt")[0] == ""
     assert render(t, "vtt")[0] == "WEBVTT\n\n"
     assert render(t, "text")[0] == "\n"
-    assert render(t, "json")[0] == {"text": ""}
+    assert render(t, "json")[0] == {"text": "", "usage": {"type": "duration", "seconds": 1.0}}
 
 
 def test_json_and_text():
     t = transcript((0.0, 1.0, " Hello there."))
-    assert render(t, "json") == ({"text": "Hello there."}, "application/json")
+    assert render(t, "json") == ({"text": "Hello there.", "usage": {"type": "duration", "seconds": 10.0}}, "application/json")
     body, media_type = render(t, "text")
     assert body == "Hello there.\n" and media_type.startswith("text/plain")
 
@@ -108,3 +108,17 @@ def test_verbose_json_without_words_has_no_words_key():
 
 def test_every_openai_response_format_has_a_renderer():
     assert set(RENDERERS) == {"json", "text", "srt", "verbose_json", "vtt"}
+
+
+def test_usage_is_tokens_where_the_engine_counted_them_else_the_duration():
+    t = transcript((0.0, 1.0, " Hi."), duration=2.3456)
+    assert render(t, "json")[0]["usage"] == {"type": "duration", "seconds": 2.346}
+    t.usage = TokenUsage(prompt_tokens=400, completion_tokens=7)
+    tokens = {"type": "tokens", "input_tokens": 400, "output_tokens": 7, "total_tokens": 407}
+    assert render(t, "json")[0]["usage"] == tokens
+    assert render(t, "verbose_json")[0]["usage"] == tokens
+
+
+def test_a_language_nobody_reported_is_null():
+    t = Transcript(text="", language=None, duration=1.0, segments=[])
+    assert render(t, "verbose_json")[0]["language"] is None

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from replicas import all_running, replica_actor_names
 
 from serve_app.audio.decode import decode_audio
-from serve_app.errors import APIError
 from serve_app.core.types import SAMPLE_RATE
+from serve_app.errors import APIError
 
 # libsndfile's seek callback in python-soundfile raises on a negative offset that a mutated mp3 asks for; cffi reports
 # and ignores it (the decode then fails or goes on, and its result is checked below like any other).

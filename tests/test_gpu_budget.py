@@ -11,14 +11,7 @@ import yaml
 from fixtures.voxtral_checkpoint import build
 from serve_app.config import VoxtralConfig
 from serve_app.gpu import planner
-from serve_app.gpu.budget import (
-    BudgetError,
-    GiB,
-    check_free_memory,
-    kv_bytes_per_token,
-    plan_memory,
-    weights_bytes,
-)
+from serve_app.gpu.budget import BudgetError, GiB, check_free_memory, kv_bytes_per_token, plan_memory, weights_bytes
 
 pytestmark = pytest.mark.fast
 

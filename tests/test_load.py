@@ -8,10 +8,9 @@ ends with an OpenAI-shaped 504. Unset limits are sized from the engine's batch.
 
 from __future__ import annotations
 
+import base64
 import time
 from concurrent.futures import ThreadPoolExecutor
-
-import base64
 
 import httpx
 import pytest

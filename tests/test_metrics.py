@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import WHISPER_TEST_MODEL
-from ray import serve
 from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
 
 APP = "metrics"
 MODEL = WHISPER_TEST_MODEL["name"]

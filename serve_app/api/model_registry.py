@@ -1,4 +1,5 @@
-"""The configured models as the routes see them: every name and alias, and each model's backend and transcriber."""
+"""The configured models as the routes see them: every name and alias, and each model's backend kind, transcriber
+and chat."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from serve_app.api.protocol import ModelCard, ModelList
 from serve_app.api.request_context import current_request
 from serve_app.backends.base import Backend
 from serve_app.config import AppConfig
+from serve_app.core.chat import Chat
 from serve_app.core.transcriber import Transcriber
 from serve_app.errors import ModelNotFound
 
@@ -17,6 +19,7 @@ class ModelRegistry:
         self.backend_kinds = {m.name: m.backend for m in config.models}
         self.backends = backends
         self.transcribers = {name: Transcriber(backend, config.chunking) for name, backend in backends.items()}
+        self.chats = {name: Chat(backend, config.chat, config.chunking) for name, backend in backends.items()}
 
     def resolve(self, model: str | None) -> str:
         """The model's own name for a name or alias (the default model when none is given); noted for the log line."""

@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal, Optional, Union
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.core.types import ChatOptions, TranscribeOptions
+from serve_app.core.types import ChatOptions, TokenUsage, TranscribeOptions
 from serve_app.errors import InvalidRequest
 
 ResponseFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
@@ -141,6 +141,10 @@ class ChatCompletionRequest(Lenient):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=1)
 
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
     def to_options(self, request_id: str | None) -> ChatOptions:
         return ChatOptions(
             max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -157,6 +161,11 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+    @classmethod
+    def of(cls, usage: TokenUsage | None) -> Usage:
+        usage = usage or TokenUsage()
+        return cls(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens, total_tokens=usage.total_tokens)
 
 
 class AssistantMessage(BaseModel):

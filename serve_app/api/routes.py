@@ -19,11 +19,13 @@ from serve_app.api.protocol import (
     Choice,
     TranscriptionForm,
     TranslationForm,
+    Usage,
     dump,
     new_id,
 )
 from serve_app.api.request_context import current_request
 from serve_app.api.streaming import chat_chunks, sse, started, transcript_events
+from serve_app.backends import check_options
 from serve_app.core import formats
 
 router = APIRouter()
@@ -69,21 +71,24 @@ async def translations(form: Annotated[TranslationForm, Form()], registry: Model
 @router.post("/v1/chat/completions")
 async def chat_completions(request: ChatCompletionRequest, registry: Models, audio: Audio) -> Response:
     name = registry.resolve(request.model)
+    options = request.to_options(current_request().request_id)
+    check_options(registry.backend_kinds[name], options)
     turns = await asyncio.gather(*(audio.chat_turn(m) for m in request.messages))
-    deltas = registry.backends[name].chat_stream(list(turns), request.to_options(current_request().request_id))
-    completion_id, model_id = new_id("chatcmpl"), request.model or name
+    chat, completion_id, model_id = registry.chats[name], new_id("chatcmpl"), request.model or name
     if request.stream:
-        return sse(chat_chunks(completion_id, model_id, await started(deltas)))
-    text = "".join([d async for d in deltas])
-    choice = Choice(message=AssistantMessage(content=text))
-    return JSONResponse(dump(ChatCompletion(id=completion_id, model=model_id, choices=[choice])))
+        deltas = await started(chat.stream(list(turns), options))
+        return sse(chat_chunks(completion_id, model_id, deltas, request.include_usage))
+    answer = await chat.complete(list(turns), options)
+    choice = Choice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)
+    return JSONResponse(dump(ChatCompletion(id=completion_id, model=model_id, choices=[choice], usage=Usage.of(answer.usage))))
 
 
 async def speech_to_text(form: AudioForm, registry: ModelRegistry, audio: AudioInput) -> Response:
     name = registry.resolve(form.model)
     form.check()
-    samples = await audio.upload(form.file)
     options = form.to_options(current_request().request_id)
+    check_options(registry.backend_kinds[name], options)
+    samples = await audio.upload(form.file)
     transcriber = registry.transcribers[name]
     if form.streamed:
         deltas = await started(transcriber.stream(samples, options))

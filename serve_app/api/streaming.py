@@ -15,8 +15,10 @@ from serve_app.api.protocol import (
     Delta,
     TranscriptTextDelta,
     TranscriptTextDone,
+    Usage,
     dump,
 )
+from serve_app.core.types import ChatDelta
 from serve_app.errors import APIError
 
 log = logging.getLogger("ray.serve")
@@ -53,18 +55,24 @@ def sse(events: AsyncIterator[dict], done_marker: bool = True) -> StreamingRespo
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def chat_chunks(completion_id: str, model: str, deltas: AsyncIterator[str]) -> AsyncIterator[dict]:
+async def chat_chunks(
+    completion_id: str, model: str, deltas: AsyncIterator[ChatDelta], include_usage: bool = False
+) -> AsyncIterator[dict]:
+    """OpenAI's chunks: the role, the text, the finish reason, and with ``include_usage`` a last chunk with no choices
+    and the usage."""
     created = int(time.time())
 
-    def chunk(delta: Delta, finish: str | None = None) -> dict:
-        choice = ChunkChoice(delta=delta, finish_reason=finish)
-        return dump(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=[choice]))
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> dict:
+        return dump(ChatCompletionChunk(id=completion_id, created=created, model=model, choices=choices, usage=usage))
 
-    yield chunk(Delta(role="assistant", content=""))
-    async for text in deltas:
-        if text:
-            yield chunk(Delta(content=text))
-    yield chunk(Delta(), "stop")
+    yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    last = ChatDelta("")
+    async for last in deltas:
+        if last.text:
+            yield chunk([ChunkChoice(delta=Delta(content=last.text))])
+    yield chunk([ChunkChoice(delta=Delta(), finish_reason=last.finish_reason or "stop")])
+    if include_usage:
+        yield chunk([], Usage.of(last.usage))
 
 
 async def transcript_events(deltas: AsyncIterator[str]) -> AsyncIterator[dict]:

@@ -86,9 +86,7 @@ def has_speech(audio: np.ndarray, config: ChunkingConfig, first_s: float = 2.0) 
 
 def speech_probabilities(audio: np.ndarray, threads: int = 1) -> np.ndarray:
     """One Silero speech probability per 32 ms window; long audio runs as slices on ``threads`` threads."""
-    from faster_whisper.vad import (
-        get_vad_model,  # loaded once per process, on first use
-    )
+    from faster_whisper.vad import get_vad_model  # loaded once per process, on first use
 
     model = get_vad_model()
     if len(audio) == 0:

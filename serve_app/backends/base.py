@@ -7,13 +7,7 @@ from typing import AsyncIterator, Protocol
 
 import numpy as np
 
-from serve_app.core.types import (
-    SAMPLE_RATE,
-    ChatOptions,
-    ChatTurn,
-    TranscribeOptions,
-    Transcript,
-)
+from serve_app.core.types import SAMPLE_RATE, ChatDelta, ChatOptions, ChatTurn, TranscribeOptions, Transcript
 
 
 class Backend(Protocol):
@@ -21,7 +15,9 @@ class Backend(Protocol):
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript: ...
 
-    def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]: ...
+    def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[ChatDelta]:
+        """The answer in pieces, each with the engine's token count so far; the last one has the finish reason."""
+        ...
 
     async def check_health(self) -> None: ...
 

@@ -22,9 +22,11 @@ from serve_app.config import VoxtralConfig
 from serve_app.core.token_budget import chat_tokens, transcription_tokens
 from serve_app.core.types import (
     SAMPLE_RATE,
+    ChatDelta,
     ChatOptions,
     ChatTurn,
     Segment,
+    TokenUsage,
     TranscribeOptions,
     Transcript,
     duration_of,
@@ -67,20 +69,22 @@ class VoxtralBackend:
     # --- the backend protocol ---
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+        check_options(options)
         duration = duration_of(audio)
         if options.task == "translate":
             prompt = self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))])
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
-        text = await self._complete(prompt, max_tokens, options.temperature, options.request_id, options.ignore_eos)
+        text, usage = await self._complete(prompt, max_tokens, options.temperature, options.request_id, options.ignore_eos)
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
-        return Transcript(text=text, language=options.language, duration=duration, segments=segments)
+        # Voxtral detects the language without saying which: a transcript reports only a language it was given.
+        return Transcript(text=text, language=options.language, duration=duration, segments=segments, usage=usage)
 
-    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]:
+    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[ChatDelta]:
         audio_s = sum(duration_of(p) for t in turns for p in t.parts if isinstance(p, np.ndarray))
-        max_tokens = chat_tokens(audio_s, self.config.max_audio_tokens_per_s, options.max_tokens)
+        max_tokens = options.max_tokens or chat_tokens(audio_s, self.config.max_audio_tokens_per_s, None)
         prompt = self._chat_prompt(turns)
         async for delta in self._generate(prompt, max_tokens, options.temperature, options.top_p, options.request_id):
             yield delta
@@ -100,11 +104,7 @@ class VoxtralBackend:
 
     def _chat_prompt(self, turns: list[ChatTurn]) -> dict:
         from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
-        from mistral_common.protocol.instruct.messages import (
-            AssistantMessage,
-            SystemMessage,
-            UserMessage,
-        )
+        from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
         from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
         messages = []
@@ -126,7 +126,9 @@ class VoxtralBackend:
             raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
         return _prompt(tokenized)
 
-    async def _complete(self, prompt: dict, max_tokens: int, temperature: float, request_id: str | None, ignore_eos: bool) -> str:
+    async def _complete(
+        self, prompt: dict, max_tokens: int, temperature: float, request_id: str | None, ignore_eos: bool
+    ) -> tuple[str, TokenUsage]:
         """One finished answer: the engine neither detokenizes nor sends anything until the request is done."""
         from vllm.sampling_params import RequestOutputKind
 
@@ -134,15 +136,22 @@ class VoxtralBackend:
         token_ids: list[int] = []
         async for output in self._run(prompt, params, request_id):
             token_ids = output.outputs[0].token_ids
-        return self.tokenizer.decode(list(token_ids))
+        usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
+        return self.tokenizer.decode(list(token_ids)), usage
 
-    async def _generate(self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None) -> AsyncIterator[str]:
-        """Text deltas as the engine produces them (streaming)."""
+    async def _generate(
+        self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None
+    ) -> AsyncIterator[ChatDelta]:
+        """Text deltas as the engine produces them (streaming), with its token count so far."""
         from vllm.sampling_params import RequestOutputKind
 
         params = self._params(prompt, max_tokens, temperature, top_p, False, RequestOutputKind.DELTA, detokenize=True)
+        generated = 0
         async for output in self._run(prompt, params, request_id):
-            yield output.outputs[0].text
+            completion = output.outputs[0]
+            generated += len(completion.token_ids)
+            usage = TokenUsage(len(prompt["prompt_token_ids"]), generated)
+            yield ChatDelta(completion.text, usage, completion.finish_reason)
 
     def _params(self, prompt: dict, max_tokens: int, temperature: float, top_p: float, ignore_eos: bool, kind, detokenize: bool):
         from vllm import SamplingParams
@@ -175,6 +184,19 @@ class VoxtralBackend:
             if isinstance(e, EngineDeadError):
                 raise BackendUnavailable("The vLLM engine died; the replica is being replaced.") from None
             raise
+
+
+def check_options(options: TranscribeOptions | ChatOptions) -> None:
+    """Refuses what Voxtral cannot honour, rather than dropping it (chat options it honours all)."""
+    if not isinstance(options, TranscribeOptions):
+        return
+    if options.prompt:
+        raise InvalidRequest("This model takes no prompt for transcription or translation; send none.", param="prompt")
+    if options.word_timestamps:
+        raise InvalidRequest(
+            "This model gives no word timestamps; ask for timestamp_granularities[]=segment, or use a Whisper model.",
+            param="timestamp_granularities[]",
+        )
 
 
 # VoxtralConfig fields that are vLLM engine arguments of the same name.

@@ -17,9 +17,11 @@ import numpy as np
 
 from serve_app.config import WhisperConfig
 from serve_app.core.types import (
+    ChatDelta,
     ChatOptions,
     ChatTurn,
     Segment,
+    TokenUsage,
     TranscribeOptions,
     Transcript,
     Word,
@@ -74,17 +76,54 @@ class WhisperBackend:
         text = " ".join(s.text.strip() for s in out if s.text.strip())
         return Transcript(text=text, language=info.language, duration=duration_of(audio), segments=out)
 
-    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]:
-        """Whisper cannot chat: the answer is the transcript of the audio in the conversation."""
+    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[ChatDelta]:
+        """Whisper cannot chat: the answer is the transcript of the audio in the conversation, cut at whole segments
+        when it would pass ``max_tokens``."""
         clips = [p for t in turns for p in t.parts if isinstance(p, np.ndarray)]
         if not clips:
             raise InvalidRequest("This model transcribes audio; send at least one audio part.", param="messages")
+        used = 0
         for i, clip in enumerate(clips):
-            t = await self.transcribe(clip, TranscribeOptions(request_id=options.request_id))
-            yield (" " if i else "") + t.text
+            t = await self.transcribe(clip, TranscribeOptions(temperature=options.temperature, request_id=options.request_id))
+            kept = _within_tokens(t.segments, None if options.max_tokens is None else options.max_tokens - used)
+            used += sum(len(s.tokens) for s in kept)
+            text = " ".join(s.text.strip() for s in kept if s.text.strip())
+            cut = len(kept) < len(t.segments)
+            yield ChatDelta((" " if i else "") + text, TokenUsage(0, used), "length" if cut else None)
+            if cut:
+                return
+        yield ChatDelta("", TokenUsage(0, used), "stop")
 
     async def check_health(self) -> None:
         return None
+
+
+def check_options(options: TranscribeOptions | ChatOptions) -> None:
+    """Refuses what Whisper cannot honour, rather than dropping it: generation controls of generative models."""
+    if isinstance(options, ChatOptions):
+        if options.top_p != 1.0:
+            raise InvalidRequest("Whisper models do not sample with top_p; send top_p 1 or none.", param="top_p")
+        return
+    if options.ignore_eos:
+        raise InvalidRequest("ignore_eos applies to generative models; Whisper models always stop.", param="ignore_eos")
+    if options.max_tokens is not None:
+        raise InvalidRequest(
+            "max_tokens applies to generative models; Whisper bounds its own output (224 tokens per 30 s window).",
+            param="max_tokens",
+        )
+
+
+def _within_tokens(segments: list[Segment], budget: int | None) -> list[Segment]:
+    """The leading segments whose tokens fit in ``budget`` (all of them when there is none)."""
+    if budget is None:
+        return segments
+    kept, used = [], 0
+    for s in segments:
+        used += len(s.tokens)
+        if used > budget:
+            break
+        kept.append(s)
+    return kept
 
 
 def _segment(i: int, s) -> Segment:

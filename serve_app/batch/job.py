@@ -20,17 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from serve_app.backends import check_options
 from serve_app.batch.io import AUDIO_EXTENSIONS, Inputs, OutputDir, resolve_inputs
 from serve_app.batch.pipeline import ActorPool, TranscriptionSettings, build_dataset
 from serve_app.batch.progress import Progress
 from serve_app.batch.rows import SUBTITLE_FORMATS, Subtitle, error_row, split_block
-from serve_app.config import (
-    AppConfig,
-    LimitsConfig,
-    VoxtralModelConfig,
-    WhisperModelConfig,
-    load_serve_config,
-)
+from serve_app.config import AppConfig, LimitsConfig, VoxtralModelConfig, WhisperModelConfig, load_serve_config
 from serve_app.core.types import TranscribeOptions
 
 NOT_FOUND = "not_found: the file does not exist"
@@ -63,13 +58,14 @@ class Plan:
 def plan(args: argparse.Namespace) -> Plan:
     config = load_serve_config(args.config, args.app) if args.config else AppConfig()
     model = config.model(args.model)
+    options = TranscribeOptions(language=args.language, prompt=args.prompt, task=args.task)
+    check_options(model.backend, options)  # a prompt Voxtral cannot take fails the job, not every file
     inputs = resolve_inputs(args.inputs, _extensions(args.extensions))
     out = OutputDir(args.output)
     out.claim({"model": model.name, "task": args.task, "language": args.language, "prompt": args.prompt})
     done = out.rows()
     if args.retry_errors:
         done = {p: r for p, r in done.items() if not r["error"]}
-    options = TranscribeOptions(language=args.language, prompt=args.prompt, task=args.task)
     return Plan(
         inputs=inputs,
         out=out,

@@ -13,12 +13,7 @@ from serve_app.audio.decode import decode_audio
 from serve_app.backends import make_backend
 from serve_app.batch.io import Inputs
 from serve_app.batch.rows import BLOCK_SCHEMA, error_row, error_text, transcribed_row
-from serve_app.config import (
-    ChunkingConfig,
-    LimitsConfig,
-    VoxtralModelConfig,
-    WhisperModelConfig,
-)
+from serve_app.config import ChunkingConfig, LimitsConfig, VoxtralModelConfig, WhisperModelConfig
 from serve_app.core.transcriber import Transcriber
 from serve_app.core.types import TranscribeOptions, duration_of
 

@@ -12,8 +12,17 @@ from typing import Callable
 from serve_app.core.types import Transcript
 
 
+def usage(t: Transcript) -> dict:
+    """OpenAI's usage object: tokens as the engine counted them, or the audio's duration for a backend without
+    tokens (Whisper, and requests in which no speech reached the model)."""
+    if t.usage is None:
+        return {"type": "duration", "seconds": round(t.duration, 3)}
+    u = t.usage
+    return {"type": "tokens", "input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+
+
 def _json(t: Transcript, task: str):
-    return {"text": t.text}, "application/json"
+    return {"text": t.text, "usage": usage(t)}, "application/json"
 
 
 def _text(t: Transcript, task: str):
@@ -28,7 +37,7 @@ def _verbose_json(t: Transcript, task: str):
         segments.append({"seek": 0, **seg} if words is None else {"seek": 0, **seg, "words": words})
     body = {
         "task": task,
-        "language": t.language or "",
+        "language": t.language,
         "duration": round(t.duration, 3),
         "text": t.text,
         "segments": segments,
@@ -36,6 +45,7 @@ def _verbose_json(t: Transcript, task: str):
     words = [w for s in t.segments for w in (s.words or [])]
     if words:
         body["words"] = [asdict(w) for w in words]
+    body["usage"] = usage(t)
     return body, "application/json"
 
 

@@ -11,8 +11,8 @@ import math
 
 # Room past the duration's share for a short clip's punctuation and end-of-sequence token.
 _SLACK_TOKENS = 16
-# A chat answer may hold more than the transcript (an answer about the audio), so it gets at least this many.
-CHAT_MIN_TOKENS = 256
+# A chat without audio has no duration to follow: it gets this many unless the client asks for fewer or more.
+TEXT_CHAT_TOKENS = 256
 
 
 def chunk_tokens(duration_s: float, tokens_per_s: float, floor: int) -> int:
@@ -32,5 +32,10 @@ def transcription_tokens(duration_s: float, tokens_per_s: float, requested: int 
     return min(bound, requested) if requested else bound
 
 
-def chat_tokens(audio_s: float, tokens_per_s: float, requested: int | None) -> int:
-    return requested or max(CHAT_MIN_TOKENS, audio_tokens(audio_s, tokens_per_s))
+def chat_tokens(audio_s: float, tokens_per_s: float, requested: int | None, answer_tokens: int = TEXT_CHAT_TOKENS) -> int:
+    """A chat's budget: what its audio can hold plus ``answer_tokens`` for the answer's own words, lowered by the
+    client's ``max_tokens``; without audio, the client's ``max_tokens`` or ``TEXT_CHAT_TOKENS``."""
+    if audio_s <= 0:
+        return requested or TEXT_CHAT_TOKENS
+    budget = audio_tokens(audio_s, tokens_per_s) + answer_tokens
+    return min(budget, requested) if requested else budget

@@ -18,13 +18,7 @@ from serve_app.backends.base import Backend
 from serve_app.config import ChunkingConfig
 from serve_app.core.repetition import cut_repetition
 from serve_app.core.token_budget import chunk_tokens
-from serve_app.core.types import (
-    Segment,
-    TranscribeOptions,
-    Transcript,
-    Word,
-    duration_of,
-)
+from serve_app.core.types import Segment, TokenUsage, TranscribeOptions, Transcript, Word, duration_of
 
 
 @dataclass
@@ -34,6 +28,7 @@ class ChunkResult:
     text: str
     language: str | None
     segments: list[Segment]
+    usage: TokenUsage | None = None
 
 
 class Transcriber:
@@ -121,7 +116,7 @@ def place(t: Transcript, chunk: Chunk, cut_repetitions: bool = True) -> ChunkRes
         s_end = min(max(start + s.end, s_start), end)
         words = None if s.words is None else [_shift_word(w, start, end) for w in s.words]
         placed.append(replace(s, start=s_start, end=s_end, words=words))
-    return ChunkResult(text=text, language=t.language, segments=placed)
+    return ChunkResult(text=text, language=t.language, segments=placed, usage=t.usage)
 
 
 def stitch(results: list[ChunkResult], duration: float, language: str | None = None) -> Transcript:
@@ -135,7 +130,9 @@ def stitch(results: list[ChunkResult], duration: float, language: str | None = N
             previous_end = s_end
     text = " ".join(r.text for r in results if r.text)
     language = language or next((r.language for r in results if r.language), None)
-    return Transcript(text=text, language=language, duration=duration, segments=segments)
+    usages = [r.usage for r in results if r.usage is not None]
+    usage = sum(usages, TokenUsage()) if usages else None
+    return Transcript(text=text, language=language, duration=duration, segments=segments, usage=usage)
 
 
 def _keep_chars(segments: list[Segment], kept: int) -> list[Segment]:

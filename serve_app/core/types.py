@@ -17,9 +17,9 @@ class TranscribeOptions:
     task: str = "transcribe"  # or "translate"
     word_timestamps: bool = False
     request_id: str | None = None
-    # Extensions (vLLM-style) for generative backends: a cap on output tokens, and generation that ignores the
-    # end-of-sequence token so benchmarks with random weights produce a fixed length. A request without max_tokens
-    # gets one per chunk from the Transcriber, bounded by the chunk's duration (Whisper ignores both).
+    # Extensions (vLLM-style): a cap on output tokens (Whisper applies it to each 30 s window), and, for generative
+    # backends, generation that ignores the end-of-sequence token so benchmarks with random weights produce a fixed
+    # length. A request without max_tokens gets one per chunk from the Transcriber, bounded by the chunk's duration.
     max_tokens: int | None = None
     ignore_eos: bool = False
 
@@ -46,12 +46,28 @@ class Segment:
     words: list[Word] | None = None
 
 
+@dataclass(frozen=True)
+class TokenUsage:
+    """Tokens as the engine counted them: the prompt's (audio tokens included) and the generated ones."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+
 @dataclass
 class Transcript:
     text: str
     language: str | None
     duration: float
     segments: list[Segment] = field(default_factory=list)
+    usage: TokenUsage | None = None  # None: a backend that counts no tokens (Whisper); its usage is the duration
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,16 @@ class ChatTurn:
 
     role: str
     parts: tuple
+
+
+@dataclass(frozen=True)
+class ChatDelta:
+    """A piece of a chat answer. ``usage`` is the engine's count so far; the last piece has the ``finish_reason``:
+    ``stop`` (the model ended, or a guard did) or ``length`` (cut at the token budget)."""
+
+    text: str
+    usage: TokenUsage | None = None
+    finish_reason: str | None = None
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,7 @@ from ray import serve
 
 from serve_app.backends import make_backend, warm_up
 from serve_app.config import VoxtralModelConfig, WhisperModelConfig
-from serve_app.core.types import (
-    ChatOptions,
-    ChatTurn,
-    TranscribeOptions,
-    Transcript,
-    duration_of,
-)
+from serve_app.core.types import ChatOptions, ChatTurn, TranscribeOptions, Transcript, duration_of
 from serve_app.errors import APIError
 from serve_app.metrics import ModelMetrics, log_request
 from serve_app.serving.wire import from_pcm16, turns_as

@@ -88,11 +88,7 @@ def _cancel(response) -> None:
 def _typed_error(exc: BaseException, timeout_s: float | None) -> APIError | None:
     """The typed error a failed handle call stands for, or None for an unexpected error (a 500)."""
     from ray.exceptions import RayActorError, RayTaskError
-    from ray.serve.exceptions import (
-        BackPressureError,
-        DeploymentUnavailableError,
-        ReplicaUnavailableError,
-    )
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
     if isinstance(exc, RayTaskError) and isinstance(exc.cause, (APIError, BackPressureError)):
         exc = exc.cause
