@@ -138,10 +138,17 @@ ModelConfig = Annotated[Union[WhisperModelConfig, VoxtralModelConfig], Field(dis
 
 
 class LimitsConfig(Strict):
+    """What one request may cost the ingress. ``max_duration_s`` counts decoded seconds (all of a chat request's
+    audio parts together); ``body_timeout_s`` is how long a body may take to arrive (408 past it, so slow senders
+    cannot hold the service); at most ``max_concurrent_decodes`` uploads are decoded at once per ingress replica,
+    which bounds its memory to a few times the 16 kHz audio of the longest request."""
+
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
     max_duration_s: float = Field(1800.0, gt=0)
     min_duration_s: float = Field(0.05, ge=0)
     request_timeout_s: float = Field(600.0, gt=0)
+    body_timeout_s: float = Field(120.0, gt=0)
+    max_concurrent_decodes: int = Field(4, ge=1)
 
 
 class ChunkingConfig(Strict):
@@ -187,11 +194,13 @@ class ChatConfig(Strict):
 
 
 class IngressConfig(Strict):
-    # The ingress only waits on the models, so it takes many requests at once; past max_queued_requests Serve itself
-    # answers 503 with Retry-After (not in OpenAI's JSON shape: our handlers never see the request).
+    # The ingress only waits (on bodies arriving, on the models), so it takes many requests at once: a slot costs a
+    # task and a spooled body, and slow senders are cut at limits.body_timeout_s, so a few hundred of them cannot
+    # fill it. Past max_queued_requests Serve itself answers 503 with Retry-After (not in OpenAI's JSON shape: our
+    # handlers never see the request).
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
-            max_ongoing_requests=256,
+            max_ongoing_requests=1024,
             max_queued_requests=256,
             backpressure_config={"status_code": 503, "retry_after_s": 1},
             ray_actor_options={"num_cpus": 0.25},

@@ -7,6 +7,11 @@ Backends raise them too (they cross Ray handles), so this module imports nothing
 from __future__ import annotations
 
 
+def quoted(value: str, limit: int = 64) -> str:
+    """User input as an error message may quote it: repr'd, and cut to ``limit`` characters."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
 class APIError(Exception):
     status_code = 500
     type = "server_error"
@@ -43,6 +48,14 @@ class Unauthorized(APIError):
     status_code = 401
     type = "authentication_error"
     code = "invalid_api_key"
+
+
+class BodyTimeout(APIError):
+    """408: the request's body did not arrive in time (a slow or stalled sender)."""
+
+    status_code = 408
+    type = "invalid_request_error"
+    code = "body_timeout"
 
 
 class ModelNotFound(APIError):

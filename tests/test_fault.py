@@ -122,6 +122,7 @@ def test_killed_replica_is_replaced_and_no_request_hangs(fault_url, clips):
         assert wait_until(lambda: len(clients.ok_since(0)) >= 2, 60), clients.results
         killed_at = time.monotonic()
         kill_replica(victim)
+        health_down = wait_until(lambda: httpx.get(f"{fault_url}/health", timeout=10).status_code == 503, 10, interval_s=0.2)
         recovered = wait_until(lambda: clients.ok_since(killed_at + 1), RECOVERY_BOUND_S, interval_s=0.2)
         recovery_s = min((r["finished"] for r in clients.ok_since(killed_at + 1)), default=float("inf")) - killed_at
         time.sleep(3)  # a little traffic on the new replica
@@ -141,6 +142,9 @@ def test_killed_replica_is_replaced_and_no_request_hangs(fault_url, clips):
     replicas = replica_actor_names("fault")[MODEL_DEPLOYMENT]
     assert victim not in replicas and len(replicas) == 1
     assert wait_until(lambda: all_running("fault"), 30)
+    assert health_down, "/health did not report the dead model replica"
+    health = httpx.get(f"{fault_url}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["models"] == {"whisper-tiny.en": "ok"}, health.text
     statuses = [r["status"] for r in clients.results]
     print(f"\nrecovered {recovery_s:.1f} s after the kill; {statuses.count(200)} x 200, {statuses.count(503)} x 503")
 

@@ -79,3 +79,31 @@ def test_the_ingress_sends_pcm16_over_the_handle():
     assert asyncio.run(chat()) == ["hi"]
     (turn,), _ = handle.chat_stream.args
     assert turn.parts[0] == "Transcribe:" and turn.parts[1].dtype == np.int16
+
+
+def test_retry_after_is_the_measured_drain_time_of_the_queue():
+    """Calls in flight over the recent completion rate: 40 calls waiting on a model that finishes 4 a second -> 10 s."""
+    from serve_app.serving.remote_backend import QueueDrain
+
+    queue = QueueDrain()
+    assert queue.seconds() == 1  # nothing measured yet
+    queue.completions.extend(100.0 + i * 0.25 for i in range(9))  # 8 completions over 2 s
+    queue.in_flight = 40
+    assert queue.seconds() == 10
+    queue.in_flight = 10_000
+    assert queue.seconds() == 120  # capped
+
+
+def test_an_overloaded_model_is_answered_with_the_measured_retry_after():
+    from ray.serve.exceptions import BackPressureError
+
+    from serve_app.errors import Overloaded
+    from serve_app.serving.remote_backend import typed_errors
+
+    try:
+        with typed_errors(object(), timeout_s=5, retry_after_s=lambda: 17):
+            raise BackPressureError(num_queued_requests=50, max_queued_requests=50)
+    except Overloaded as e:
+        assert e.retry_after_s == 17 and e.status_code == 503
+    else:
+        raise AssertionError("BackPressureError was not turned into Overloaded")

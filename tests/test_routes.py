@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from helpers import assert_openai_error, parse_srt, parse_vtt, read, wav_bytes
 
-from serve_app.api.factory import create_app, max_request_bytes
+from serve_app.api.factory import body_limits, create_app
 from serve_app.config import AppConfig
 from serve_app.core.types import (
     SAMPLE_RATE,
@@ -28,7 +28,7 @@ from serve_app.core.types import (
     Transcript,
     Word,
 )
-from serve_app.errors import InvalidRequest, Overloaded
+from serve_app.errors import BackendUnavailable, InvalidRequest, Overloaded
 
 pytestmark = pytest.mark.fast
 
@@ -67,7 +67,8 @@ class RecordingBackend:
             raise
 
     async def check_health(self) -> None:
-        return None
+        if self.error is not None:
+            raise self.error
 
 
 CONFIG = AppConfig.model_validate(
@@ -105,12 +106,19 @@ def _data_url(data: bytes) -> str:
 
 
 def test_health_and_models(client):
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "models": {"fake-whisper": "ok", "fake-voxtral": "ok"}}
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
     assert ids == ["fake-whisper", "whisper-1", "fake-voxtral"]
     card = client.get("/v1/models/whisper-1").json()
     assert (card["id"], card["root"], card["backend"]) == ("whisper-1", "fake-whisper", "whisper")
     assert_openai_error(client.get("/v1/models/nope"), 404, "model_not_found")
+
+
+def test_health_is_503_while_a_model_cannot_serve(client, backends):
+    backends["fake-voxtral"].error = BackendUnavailable("The model server is restarting; retry shortly.")
+    r = client.get("/health")
+    assert r.status_code == 503
+    assert r.json() == {"status": "unavailable", "models": {"fake-whisper": "ok", "fake-voxtral": "unavailable"}}
 
 
 def test_transcription_form_becomes_the_backends_options(client, backends, speech):
@@ -219,7 +227,7 @@ def test_audio_errors(client):
 
 
 def test_oversize_upload_is_a_413_before_it_is_read(client):
-    body = b"x" * (max_request_bytes(CONFIG) + 1)
+    body = b"x" * (body_limits(CONFIG).upload_bytes + 1)
     r = client.post("/v1/audio/transcriptions", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert_openai_error(r, 413, "payload_too_large")
     assert_openai_error(_upload(client, b"\0" * 2_000_001), 413, "payload_too_large")

@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import APIError, InvalidRequest
 
@@ -30,6 +31,17 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     return error_response(InvalidRequest(message, param=param))
 
 
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own refusals (a malformed multipart body, a wrong method, an unknown path) in
+    OpenAI's shape; a typed error raised while the body was read (too large, too slow) is answered as itself."""
+    if isinstance(exc.__cause__, APIError):
+        return error_response(exc.__cause__)
+    error = APIError(str(exc.detail))
+    error.status_code = exc.status_code
+    error.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(error)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return error_response(APIError("The server had an error while processing your request."))
@@ -38,4 +50,5 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

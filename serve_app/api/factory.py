@@ -7,19 +7,25 @@ from fastapi import FastAPI
 
 from serve_app.api.audio_input import AudioInput
 from serve_app.api.error_handlers import install_error_handlers
-from serve_app.api.middleware import AccessLog, Admission
+from serve_app.api.middleware import AccessLog, Admission, BodyLimits
 from serve_app.api.model_registry import ModelRegistry
 from serve_app.api.routes import router
 from serve_app.backends.base import Backend
 from serve_app.config import AppConfig
 from serve_app.metrics import IngressMetrics
 
-# Chat requests carry base64 audio (4/3 of its bytes); a multipart upload adds a little to the file.
-_MULTIPART_OVERHEAD = 1 << 20
+# A multipart upload adds its form fields and boundaries to the file; a chat body carries base64 audio (4/3 of its
+# bytes) and its messages.
+_FORM_OVERHEAD = 1 << 20
 
 
-def max_request_bytes(config: AppConfig) -> int:
-    return config.limits.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
+def body_limits(config: AppConfig) -> BodyLimits:
+    limits = config.limits
+    return BodyLimits(
+        upload_bytes=limits.max_upload_bytes + _FORM_OVERHEAD,
+        json_bytes=limits.max_upload_bytes * 4 // 3 + _FORM_OVERHEAD,
+        body_timeout_s=limits.body_timeout_s,
+    )
 
 
 def create_app(
@@ -33,6 +39,6 @@ def create_app(
     app.state.audio_input = AudioInput(config.limits, metrics)
     app.include_router(router)
     install_error_handlers(app)
-    app.add_middleware(Admission, max_request_bytes=max_request_bytes(config), api_keys=api_keys)
+    app.add_middleware(Admission, limits=body_limits(config), api_keys=api_keys)
     app.add_middleware(AccessLog, metrics=metrics)  # added last: the outermost layer, so it logs refusals too
     return app

@@ -33,7 +33,7 @@ class AudioForm(BaseModel):
     model: Optional[str] = None
     prompt: Optional[str] = None
     response_format: ResponseFormat = "json"
-    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    temperature: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False)
 
     def check(self) -> None:
         """The checks across fields that the field types cannot make; raises ``InvalidRequest``."""
@@ -57,7 +57,7 @@ class TranscriptionForm(AudioForm):
 
     task: ClassVar[str] = "transcribe"
 
-    language: Optional[str] = None
+    language: Optional[str] = Field(None, max_length=16)  # ISO-639 codes: a long value is no language
     timestamp_granularities: list[str] = Field([], alias="timestamp_granularities[]")
     stream: bool = False
     max_tokens: Optional[int] = Field(None, ge=1)
@@ -137,8 +137,8 @@ class ChatCompletionRequest(Lenient):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(1, ge=1, le=1)
 
     @property

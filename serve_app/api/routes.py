@@ -3,7 +3,6 @@ to the model's transcriber or backend, and renders the answer; errors are typed 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -44,8 +43,11 @@ Audio = Annotated[AudioInput, Depends(audio_input)]
 
 
 @router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+async def health(registry: Models) -> JSONResponse:
+    """Readiness: 200 while every model can serve, 503 (with each model's state) while one cannot."""
+    models = await registry.health()
+    ready = all(state == "ok" for state in models.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "models": models}, status_code=200 if ready else 503)
 
 
 @router.get("/v1/models")
@@ -73,12 +75,12 @@ async def chat_completions(request: ChatCompletionRequest, registry: Models, aud
     name = registry.resolve(request.model)
     options = request.to_options(current_request().request_id)
     check_options(registry.backend_kinds[name], options)
-    turns = await asyncio.gather(*(audio.chat_turn(m) for m in request.messages))
+    turns = await audio.chat_turns(request.messages)
     chat, completion_id, model_id = registry.chats[name], new_id("chatcmpl"), request.model or name
     if request.stream:
-        deltas = await started(chat.stream(list(turns), options))
+        deltas = await started(chat.stream(turns, options))
         return sse(chat_chunks(completion_id, model_id, deltas, request.include_usage))
-    answer = await chat.complete(list(turns), options)
+    answer = await chat.complete(turns, options)
     choice = Choice(message=AssistantMessage(content=answer.text), finish_reason=answer.finish_reason)
     return JSONResponse(dump(ChatCompletion(id=completion_id, model=model_id, choices=[choice], usage=Usage.of(answer.usage))))
 

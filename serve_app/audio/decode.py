@@ -7,18 +7,21 @@ that claims hours of audio cannot make us allocate them.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 
 import numpy as np
 
 from serve_app.core.types import SAMPLE_RATE
-from serve_app.errors import InvalidAudio, PayloadTooLarge, UnsupportedMediaType
+from serve_app.errors import APIError, InvalidAudio, PayloadTooLarge, UnsupportedMediaType
 
 # Types that are certainly not audio: an undecodable upload that says it is one of these gets 415, not 400.
 _NON_AUDIO_TYPES = ("text/", "image/", "application/json", "application/pdf", "application/zip", "application/xml")
 _NON_AUDIO_EXTENSIONS = {".txt", ".json", ".pdf", ".png", ".jpg", ".jpeg", ".gif", ".zip", ".xml", ".html", ".csv"}
 _BLOCK = 1 << 16
+# Above this no speech source records (studio masters stop at 192 kHz); such a file is refused rather than decoded.
+MAX_SAMPLE_RATE = 192_000
 
 
 def decode_audio(
@@ -63,25 +66,42 @@ def _decode_soundfile(data: bytes, max_duration_s: float) -> np.ndarray | None:
 
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            sr = f.samplerate
-            if sr <= 0 or f.channels <= 0:
+            if f.samplerate <= 0 or f.channels <= 0:
                 return None
-            limit = int(max_duration_s * sr) + 1
-            blocks, n = [], 0
-            while n < limit:
-                block = f.read(min(_BLOCK, limit - n), dtype="float32", always_2d=True)
-                if len(block) == 0:
-                    break
-                blocks.append(_mixdown(block))
-                n += len(block)
-    except PayloadTooLarge:
+            _check_rate(f.samplerate)
+            return _read_resampled(f, max_duration_s)
+    except APIError:
         raise
     except Exception:  # libsndfile cannot read it (or it is corrupt mid-stream): let PyAV try
         return None
-    if n >= limit:
-        raise _too_long(max_duration_s)
-    mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
-    return _resample(mono, sr)
+
+
+def _read_resampled(f, max_duration_s: float) -> np.ndarray:
+    """Blocks of the file mixed down and resampled as they are read: memory follows the 16 kHz output, not the
+    file's own rate, and reading stops at the duration limit counted in output seconds."""
+    import soxr
+
+    limit = int(max_duration_s * SAMPLE_RATE) + 1
+    resampler = None if f.samplerate == SAMPLE_RATE else soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32")
+    out, n = [], 0
+    while True:
+        block = f.read(_BLOCK, dtype="float32", always_2d=True)
+        last = len(block) < _BLOCK
+        mono = _mixdown(block)
+        out.append(mono if resampler is None else resampler.resample_chunk(mono, last=last))
+        n += len(out[-1])
+        if n >= limit:
+            raise _too_long(max_duration_s)
+        if last:
+            return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _check_rate(rate: int) -> None:
+    if rate > MAX_SAMPLE_RATE:
+        raise InvalidAudio(
+            f"The audio's sample rate of {rate} Hz is above {MAX_SAMPLE_RATE} Hz, which no speech recording uses.",
+            param="file",
+        )
 
 
 def _decode_pyav(data: bytes, max_duration_s: float) -> np.ndarray | None:
@@ -94,6 +114,7 @@ def _decode_pyav(data: bytes, max_duration_s: float) -> np.ndarray | None:
             if not container.streams.audio:
                 return None
             stream = container.streams.audio[0]
+            _check_rate(stream.rate or 0)
             resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
@@ -104,7 +125,7 @@ def _decode_pyav(data: bytes, max_duration_s: float) -> np.ndarray | None:
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
                 n += out.samples
-    except PayloadTooLarge:
+    except APIError:
         raise
     except Exception:
         # ffmpeg failed part-way: keep what decoded if it is real audio, else report the file as undecodable.
@@ -124,18 +145,19 @@ def _mixdown(block: np.ndarray) -> np.ndarray:
     return block @ np.full(channels, 1.0 / channels, dtype=np.float32)
 
 
-def _resample(audio: np.ndarray, sr: int) -> np.ndarray:
-    if sr == SAMPLE_RATE or len(audio) == 0:
-        return audio.astype(np.float32, copy=False)
-    import soxr
-
-    return soxr.resample(audio, sr, SAMPLE_RATE).astype(np.float32, copy=False)
-
-
 def _looks_non_audio(filename: str | None, content_type: str | None) -> bool:
     ext = os.path.splitext(filename or "")[1].lower()
     ct = (content_type or "").lower()
     return ext in _NON_AUDIO_EXTENSIONS or ct.startswith(_NON_AUDIO_TYPES)
+
+
+def release_memory() -> None:
+    """Hands the heap that a long decode freed back to the OS (glibc keeps it otherwise, and the replica's RSS stays
+    at its peak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def load_file(path: str, **limits) -> np.ndarray:

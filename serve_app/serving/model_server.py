@@ -12,7 +12,7 @@ from ray import serve
 
 from serve_app.backends import make_backend, warm_up
 from serve_app.config import VoxtralModelConfig, WhisperModelConfig
-from serve_app.core.types import ChatOptions, ChatTurn, TranscribeOptions, Transcript, duration_of
+from serve_app.core.types import ChatDelta, ChatOptions, ChatTurn, TranscribeOptions, Transcript, duration_of
 from serve_app.errors import APIError
 from serve_app.metrics import ModelMetrics, log_request
 from serve_app.serving.wire import from_pcm16, turns_as
@@ -42,7 +42,7 @@ class ModelServer:
         with self._serving("transcribe", options.request_id, duration_of(audio)):
             return await self.backend.transcribe(audio, options)
 
-    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[str]:
+    async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[ChatDelta]:
         turns = turns_as(turns, from_pcm16)
         audio_s = sum(duration_of(p) for t in turns for p in t.parts if isinstance(p, np.ndarray))
         with self._serving("chat", options.request_id, audio_s):
