@@ -30,6 +30,7 @@ from benchmarks.common import REPO, command_line, machine_info, serve_applicatio
 from benchmarks.loadgen import ClipMaker, http_session, prepared, run_load, speech_pool, upload_form
 from benchmarks.local_serve import run_app, start_local_serve  # before ray.serve: it applies Serve's settings
 from serve_app.audio.wav import wav_bytes
+from serve_app.backends import warm_up
 from serve_app.ray_env import apply_serve_env
 
 RAY_LOGS = Path("/tmp/ray/session_latest/logs")  # the local Ray this benchmark starts
@@ -363,7 +364,7 @@ def cmd_engine(a) -> dict:
             started = time.perf_counter()
             backend = VoxtralBackend(config, gpu_share=a.num_gpus)
             row["start_s"] = round(time.perf_counter() - started, 1)
-            await backend.warm_up()
+            await warm_up(backend)
             row["gpu_memory"] = gpu_memory()
             for seconds, tokens in cases.items():
                 send = direct_sender(backend, tokens)
@@ -421,7 +422,7 @@ def cmd_speed(a) -> dict:
 
         async def direct():  # one event loop for the engine's whole life: AsyncLLM is bound to the loop it starts on
             backend = VoxtralBackend(model.voxtral, gpu_share=a.num_gpus or None)
-            await backend.warm_up()
+            await warm_up(backend)
             result["gpu_memory_both"] = gpu_memory()
             from ray import serve
 

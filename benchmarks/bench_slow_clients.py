@@ -18,7 +18,16 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import REPO, SHARED_AUDIO, app_args, command_line, machine_info, offline, percentile, write_result
+from benchmarks.common import (
+    REPO,
+    SHARED_AUDIO,
+    app_args,
+    command_line,
+    machine_info,
+    offline,
+    percentile,
+    write_result,
+)
 from benchmarks.local_serve import run_app, start_local_serve, stop_local_serve
 
 CLIP = "en_pocketsphinx_goforward.wav"  # 2.8 s of speech
