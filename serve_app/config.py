@@ -208,6 +208,22 @@ class IngressConfig(Strict):
     )
 
 
+class RealtimeConfig(Strict):
+    """The realtime WebSocket route (``/v1/realtime``, OpenAI's Realtime transcription protocol); limits per session
+    and per ingress replica. Partial transcripts re-decode the growing utterance every ``partial_interval_s`` of audio
+    (0 turns them off); a session decodes one partial at a time, so a slow model skips partials rather than queueing
+    them. An utterance is ended at ``max_utterance_s`` even while the speaker goes on."""
+
+    enabled: bool = True
+    max_sessions: int = Field(64, ge=0, description="open sessions per ingress replica; past it: close code 1013")
+    idle_timeout_s: float = Field(60.0, gt=0, description="a session that sends nothing for this long is closed")
+    max_session_s: float = Field(3600.0, gt=0)
+    max_buffer_s: float = Field(120.0, gt=0, description="audio buffered without a commit (turn_detection null)")
+    max_message_bytes: int = Field(1 << 20, ge=1024, description="largest client event, in bytes")
+    max_utterance_s: float = Field(30.0, gt=1)
+    partial_interval_s: float = Field(1.0, ge=0)
+
+
 class AuthConfig(Strict):
     """API keys for every route but ``/health``, read when the ingress starts; never put keys in the config itself.
 
@@ -226,6 +242,7 @@ class AppConfig(Strict):
     chunking: ChunkingConfig = Field(default_factory=ChunkingConfig)
     chat: ChatConfig = Field(default_factory=ChatConfig)
     ingress: IngressConfig = Field(default_factory=IngressConfig)
+    realtime: RealtimeConfig = Field(default_factory=RealtimeConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600]
+REALTIME_BUCKETS = [0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10]
 RTF_BUCKETS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5]
 
 
@@ -81,7 +82,12 @@ class ModelMetrics:
             description="Requests that failed inside the backend with an unexpected error.",
             tag_keys=("model",),
         )
-        for metric in (self.audio_seconds, self.processing_seconds, self.real_time_factor, self.ongoing, self.failures):
+        self.cancelled = Counter(
+            "stt_backend_cancelled",
+            description="Requests cancelled before their end (the caller left or timed out); their work was stopped.",
+            tag_keys=("model",),
+        )
+        for metric in (self.audio_seconds, self.processing_seconds, self.real_time_factor, self.ongoing, self.failures, self.cancelled):
             metric.set_default_tags({"model": model})  # a dict each: Serve adds its own tags to it in place
         self._ongoing = 0
         self.ongoing.set(0)
@@ -102,3 +108,51 @@ class ModelMetrics:
 
     def failed(self) -> None:
         self.failures.inc()
+
+    def was_cancelled(self) -> None:
+        self.cancelled.inc()
+
+
+class RealtimeMetrics:
+    """The realtime route in one ingress replica: sessions, utterances and how fast their text comes."""
+
+    def __init__(self):
+        from ray.serve.metrics import Counter, Gauge, Histogram
+
+        self.sessions = Gauge("stt_realtime_sessions", description="Open realtime sessions in this ingress replica.")
+        self.refused = Counter(
+            "stt_realtime_refused", description="Realtime sessions refused at the handshake, by reason.", tag_keys=("reason",)
+        )
+        self.utterances = Counter("stt_realtime_utterances", description="Utterances the turn detector found.")
+        self.final_latency = Histogram(
+            "stt_realtime_final_seconds",
+            description="End of an utterance (speech stopped or commit) to its completed transcript.",
+            boundaries=REALTIME_BUCKETS,
+        )
+        self.partial_lag = Histogram(
+            "stt_realtime_partial_lag_seconds",
+            description="Audio received to the partial text that covers it.",
+            boundaries=REALTIME_BUCKETS,
+        )
+        self._open = 0
+        self.sessions.set(0)
+
+    def opened(self) -> None:
+        self._open += 1
+        self.sessions.set(self._open)
+
+    def closed(self) -> None:
+        self._open -= 1
+        self.sessions.set(self._open)
+
+    def refuse(self, reason: str) -> None:
+        self.refused.inc(tags={"reason": reason})
+
+    def speech_started(self) -> None:
+        self.utterances.inc()
+
+    def completed(self, seconds: float) -> None:
+        self.final_latency.observe(seconds)
+
+    def partial(self, seconds: float) -> None:
+        self.partial_lag.observe(seconds)

@@ -116,3 +116,26 @@ def test_bearer_parsing_and_matching():
     assert not key_matches("gamma", keys)
     assert not key_matches("", keys)
     assert not key_matches("beta", frozenset())
+
+
+def test_realtime_needs_a_key_in_the_header_or_the_browser_subprotocol(auth_url):
+    import asyncio
+    import json
+
+    import websockets
+
+    url = auth_url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+
+    async def first_event(**kw) -> dict:
+        async with websockets.connect(url, **kw) as ws:
+            return json.loads(await ws.recv())
+
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        asyncio.run(first_event(additional_headers={"Authorization": "Bearer wrong"}))
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body)["error"]["code"] == "invalid_api_key"
+    with pytest.raises(websockets.InvalidStatus):
+        asyncio.run(first_event())
+    by_header = asyncio.run(first_event(additional_headers={"Authorization": f"Bearer {KEYS[0]}"}))
+    by_subprotocol = asyncio.run(first_event(subprotocols=["realtime", f"openai-insecure-api-key.{KEYS[1]}"]))
+    assert by_header["type"] == by_subprotocol["type"] == "session.created"

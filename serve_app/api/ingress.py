@@ -14,7 +14,7 @@ from serve_app.api.factory import create_app
 from serve_app.audio.vad import has_speech
 from serve_app.config import AppConfig
 from serve_app.core.types import SAMPLE_RATE
-from serve_app.metrics import IngressMetrics
+from serve_app.metrics import IngressMetrics, RealtimeMetrics
 from serve_app.serving.remote_backend import RemoteBackend
 
 log = logging.getLogger("ray.serve")
@@ -28,7 +28,7 @@ class Ingress:
         timeout_s = config.limits.request_timeout_s
         self.backends = {name: RemoteBackend(handle, timeout_s) for name, handle in models.items()}
         self.api_keys = load_api_keys(config.auth)
-        if config.chunking.enabled:  # load the VAD now: a missing dependency fails the deploy, not the first request
+        if config.chunking.enabled or config.realtime.enabled:  # load the VAD now: a missing dependency fails the deploy, not the first request
             started = time.perf_counter()
             has_speech(np.zeros(SAMPLE_RATE, np.float32), config.chunking)
             log.info("VAD loaded and warmed up in %.2f s", time.perf_counter() - started)
@@ -37,4 +37,4 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Called by Serve once the constructor has run: the app over this replica's model clients."""
-        return create_app(self.config, self.backends, self.api_keys, IngressMetrics())
+        return create_app(self.config, self.backends, self.api_keys, IngressMetrics(), RealtimeMetrics())

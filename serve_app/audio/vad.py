@@ -190,3 +190,45 @@ def pack(regions: list[tuple[int, int]], probs: np.ndarray, max_len: int, max_ga
 
 def _windows(ms: float) -> int:
     return int(round(ms / _WINDOW_MS))
+
+
+class StreamingVAD:
+    """Silero over audio that arrives in pieces: the model's recurrent state and its 64-sample context are kept
+    between pieces, so each window is scored once and as if the stream were one file.
+
+    The gain that ``normalised`` applies looks 5 s ahead; a stream cannot, so a window is scaled by the loudest
+    sample of the 5 s up to and including it (a loud onset is at full scale at once, quiet speech after loud
+    speech is brought up as the loud part leaves the reach).
+    """
+
+    _CONTEXT = 64
+
+    def __init__(self):
+        from faster_whisper.vad import get_vad_model
+
+        self._session = get_vad_model().session
+        self._state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros((1, self._CONTEXT), np.float32)
+        self._pending = np.zeros(0, np.float32)
+        self._peaks = np.zeros(0, np.float32)  # of the windows within the gain's reach, oldest first
+
+    def push(self, audio: np.ndarray) -> np.ndarray:
+        """The speech probability of every whole 32 ms window the stream now holds that was not scored yet."""
+        samples = np.concatenate([self._pending, audio.astype(np.float32, copy=False)])
+        n = len(samples) // WINDOW
+        self._pending = samples[n * WINDOW :]
+        if n == 0:
+            return np.zeros(0, np.float32)
+        windows = samples[: n * WINDOW].reshape(n, WINDOW)
+        reach = _GAIN_REACH_BLOCKS * _GAIN_BLOCK // WINDOW
+        peaks = np.concatenate([self._peaks, np.abs(windows).max(axis=1)])
+        local_peak = np.lib.stride_tricks.sliding_window_view(np.pad(peaks, (reach, 0)), reach + 1).max(axis=1)[-n:]
+        self._peaks = peaks[-reach:]
+        gain = np.where(local_peak > _SILENCE_PEAK, 1 / np.maximum(local_peak, _SILENCE_PEAK), 1.0)
+        windows = (windows * gain[:, None]).astype(np.float32)
+        contexts = np.concatenate([self._context, windows[:-1, -self._CONTEXT :]])
+        self._context = windows[-1:, -self._CONTEXT :]
+        h, c = self._state
+        probs, h, c = self._session.run(None, {"input": np.concatenate([contexts, windows], 1), "h": h, "c": c})
+        self._state = h, c
+        return probs.reshape(-1)

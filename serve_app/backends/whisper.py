@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator
@@ -30,6 +31,10 @@ from serve_app.core.types import (
 from serve_app.errors import InvalidRequest
 
 log = logging.getLogger("ray.serve")
+
+
+class _Stopped(Exception):
+    """A cancelled request's worker ends here."""
 
 
 class WhisperBackend:
@@ -55,10 +60,20 @@ class WhisperBackend:
             raise InvalidRequest("This model is English-only and cannot translate; use a multilingual model.", param="model")
         if options.language and not self.model.model.is_multilingual and options.language != "en":
             raise InvalidRequest(f"This model is English-only; language {options.language!r} is not supported.", param="language")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._transcribe_sync, audio, options)
+        stop = threading.Event()
+        work = asyncio.get_running_loop().run_in_executor(self._pool, self._transcribe_sync, audio, options, stop)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # The caller left: the worker stops at its next 30 s window (or before it starts); the replica's
+            # ongoing count stays true by waiting for that.
+            stop.set()
+            await asyncio.gather(work, return_exceptions=True)
+            raise
 
-    def _transcribe_sync(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
+    def _transcribe_sync(self, audio: np.ndarray, options: TranscribeOptions, stop: threading.Event) -> Transcript:
+        if stop.is_set():
+            raise _Stopped
         try:
             segments, info = self.model.transcribe(
                 audio,
@@ -70,7 +85,11 @@ class WhisperBackend:
                 word_timestamps=options.word_timestamps,
                 vad_filter=self.config.vad_filter,
             )
-            out = [_segment(i, s) for i, s in enumerate(segments)]
+            out = []
+            for i, s in enumerate(segments):  # decoded lazily, one 30 s window at a time
+                if stop.is_set():
+                    raise _Stopped
+                out.append(_segment(i, s))
         except ValueError as e:  # faster-whisper's own checks, e.g. an unknown language code
             raise InvalidRequest(str(e)) from None
         text = " ".join(s.text.strip() for s in out if s.text.strip())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import contextmanager
@@ -63,6 +64,10 @@ class ModelServer:
             yield
         except APIError as e:
             log_request(log, request_id, e.message, model=self.name, task=task, status=e.status_code)
+            raise
+        except asyncio.CancelledError:  # the caller left: the backend has stopped the work (see its transcribe)
+            self.metrics.was_cancelled()
+            log_request(log, request_id, "cancelled", model=self.name, task=task, status=499)
             raise
         except Exception:
             self.consecutive_failures += 1

@@ -1,0 +1,225 @@
+"""Realtime sessions under load: K concurrent WebSocket sessions streaming speech with pauses at 1x speed.
+
+Each session streams the English clips of the shared set, in its own order, with 1.5 s of silence between them (a
+speaker pausing between sentences), as 24 kHz PCM in 100 ms appends, paced to the wall clock. Sessions start a
+random fraction of a second apart. All of them go through the app's HTTP port on 127.0.0.1 (HAProxy in front of
+the ingress, as `make serve` runs it), for ``--rounds`` rounds.
+
+Measured, per round and overall:
+* ``stopped_to_completed_s``: client time from ``speech_stopped`` to the utterance's ``completed`` (p50/p95);
+* ``speech_end_to_completed_s``: from the moment the client had sent the true end of a clip's speech to the
+  ``completed`` of the utterance that holds it (the end of speech as the speaker knows it; includes the silence the
+  turn detector waits for, ``silence_duration_ms``);
+* ``onset_to_speech_started_s``: from sending a clip's first speech to ``speech_started``;
+* ``partial_lag_s``: the server's own histogram (audio received -> the delta that covers it), from Ray's metrics;
+* ``sessions_sustained``: sessions whose every utterance completed and that saw no error;
+* CPU seconds per session-second of the ingress and model replicas, the VAD's own cost per session (the streaming
+  VAD and turn detector run in this process over the same stream), and the ingress replica's RSS after each round.
+
+    .venv/bin/python -m benchmarks.bench_realtime --sessions 4 --rounds 3 --out benchmarks/results/realtime_cpu.json
+
+``--config`` takes any Serve config (the GPU one too: the script runs there unchanged; ``--num-cpus`` sizes the
+local cluster). Sessions and rounds are bounded by the arguments; traffic goes only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import local_serve  # noqa: F401  (sets Serve's environment before ray.serve is imported)
+from benchmarks.common import REPO, SHARED_AUDIO, app_args, command_line, machine_info, percentile, read_manifest, write_result
+from fixtures.assembled_audio import assemble
+from serve_app.audio.stream import StreamDecoder, StreamFormat, encode
+from serve_app.core.types import SAMPLE_RATE
+from serve_app.realtime.client import ITEM, Run, stream
+from serve_app.realtime.protocol import TurnDetection
+from serve_app.realtime.turns import TurnDetector
+
+CLIPS = [
+    "en_jfk_inaugural_16k.wav", "en_ljspeech_LJ050-0131.wav", "en_fleurs_003.ogg", "en_pocketsphinx_goforward.wav",
+    "en_librivox_sense_and_sensibility_0890.wav", "en_fleurs_001.ogg",
+]  # fmt: skip
+FORMAT = StreamFormat("audio/pcm", 24000)
+
+
+def session_audio(audio_dir: Path, manifest: list[dict], seed: int):
+    clips = CLIPS[:]
+    random.Random(seed).shuffle(clips)
+    return assemble(audio_dir, manifest, clips, gaps_s=[1.5], lead_s=1.0, tail_s=1.5)
+
+
+def utterance_latencies(run: Run, spans: list[tuple[float, float]]) -> dict[str, list[float]]:
+    at = {}
+    for t, e in run.events:
+        at.setdefault((e["type"], e.get("item_id")), t)
+    stopped = run.of("input_audio_buffer.speech_stopped")
+    started = run.of("input_audio_buffer.speech_started")
+    out = {"stopped_to_completed_s": [], "speech_end_to_completed_s": [], "onset_to_speech_started_s": []}
+    for e in stopped:
+        done = at.get((ITEM + "completed", e["item_id"]))
+        if done is not None:
+            out["stopped_to_completed_s"].append(done - at[(e["type"], e["item_id"])])
+    for lo, hi in spans:
+        holder = next((e for e in stopped if e["audio_end_ms"] >= hi * 1000), None)
+        if holder and (ITEM + "completed", holder["item_id"]) in at:
+            out["speech_end_to_completed_s"].append(at[(ITEM + "completed", holder["item_id"])] - run.sent_at(hi * 1000))
+        first = next((e for e in started if e["audio_start_ms"] >= lo * 1000 - 1000), None)
+        if first:
+            out["onset_to_speech_started_s"].append(at[(first["type"], first["item_id"])] - run.sent_at(lo * 1000))
+    return out
+
+
+def sustained(run: Run) -> bool:
+    started = {e["item_id"] for e in run.of("input_audio_buffer.speech_started")}
+    completed = {e["item_id"] for e in run.of(ITEM + "completed")}
+    return bool(started) and started <= completed and not run.of("error") and not run.of(ITEM + "failed")
+
+
+async def one_round(url: str, audios: list, speed: float) -> list[Run]:
+    async def session(i: int):
+        await asyncio.sleep(random.random())
+        return await stream(url, audios[i].audio, fmt=FORMAT, speed=speed, settle_s=60)
+
+    return await asyncio.gather(*(session(i) for i in range(len(audios))))
+
+
+def vad_cost(audio: np.ndarray) -> float:
+    """CPU seconds per audio second of one session's decoding, streaming VAD and turn detection (100 ms appends)."""
+    decoder, detector = StreamDecoder(FORMAT), TurnDetector(TurnDetection())
+    pieces = [encode(audio[i : i + 1600], FORMAT) for i in range(0, len(audio), 1600)]
+    started = time.process_time()
+    for piece in pieces:
+        detector.push(decoder.decode(piece))
+    return (time.process_time() - started) / (len(audio) / SAMPLE_RATE)
+
+
+def replica_processes(app: str) -> dict[str, list]:
+    """The Serve replica processes of ``app`` by deployment (Ray names them ``ray::ServeReplica:app:Deployment``)."""
+    import psutil
+
+    found: dict[str, list] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        marker = f"ServeReplica:{app}:"
+        if marker in line:
+            found.setdefault(line.split(marker, 1)[1].split()[0], []).append(p)
+    return found
+
+
+def cpu_seconds(processes: dict[str, list]) -> dict[str, float]:
+    return {name: sum(p.cpu_times().user + p.cpu_times().system for p in ps) for name, ps in processes.items()}
+
+
+def server_histogram(metrics_url: str, name: str) -> dict:
+    """p50/p95 (bucket upper bounds, interpolated) and count of a histogram on Ray's Prometheus endpoint."""
+    body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    buckets: dict[float, float] = {}
+    for line in body.splitlines():
+        if line.startswith(f"ray_{name}_bucket{{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0) + float(line.rsplit(" ", 1)[1])
+    if not buckets:
+        return {"count": 0}
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+
+    def quantile(q: float) -> float:
+        target, previous_bound, previous_count = q * total, 0.0, 0.0
+        for b in bounds:
+            if buckets[b] >= target:
+                if b == float("inf"):
+                    return previous_bound
+                share = (target - previous_count) / max(buckets[b] - previous_count, 1e-9)
+                return previous_bound + share * (b - previous_bound)
+            previous_bound, previous_count = b, buckets[b]
+        return previous_bound
+
+    return {"count": int(total), "p50": round(quantile(0.5), 3), "p95": round(quantile(0.95), 3)}
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3), "max": round(max(values), 3) if values else None}
+
+
+def run(args) -> dict:
+    from benchmarks.local_serve import free_port, run_app, start_local_serve, stop_local_serve
+
+    manifest = read_manifest(args.audio_dir)
+    audios = [session_audio(args.audio_dir, manifest, seed) for seed in range(args.sessions)]
+    serve_args = app_args(args.config, args.app)
+    if args.partial_interval is not None:
+        serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
+    metrics_port = free_port()
+    port = start_local_serve(num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
+    try:
+        run_app(serve_args)
+        url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
+        return measure(args, url, audios, f"http://127.0.0.1:{metrics_port}/metrics", serve_args)
+    finally:
+        stop_local_serve()
+
+
+def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) -> dict:
+    processes = replica_processes("stt")
+    asyncio.run(one_round(url, audios[:1], speed=0))  # warm: every path once
+    rounds, all_latencies, rss = [], {}, []
+    for r in range(args.rounds):
+        cpu_before, started = cpu_seconds(processes), time.monotonic()
+        runs = asyncio.run(one_round(url, audios, args.speed))
+        wall = time.monotonic() - started
+        cpu = {k: (v - cpu_before[k]) / (wall * len(runs)) for k, v in cpu_seconds(processes).items()}
+        latencies: dict[str, list[float]] = {}
+        for run_, audio in zip(runs, audios):
+            for k, v in utterance_latencies(run_, audio.speech).items():
+                latencies.setdefault(k, []).extend(v)
+                all_latencies.setdefault(k, []).extend(v)
+        rss.append({k: round(sum(p.memory_info().rss for p in ps) / 2**20, 1) for k, ps in processes.items() if "Ingress" in k})
+        rounds.append({
+            "round": r, "wall_s": round(wall, 1), "sessions_sustained": sum(map(sustained, runs)), "sessions": len(runs),
+            "utterances": sum(len(x.of(ITEM + "completed")) for x in runs),
+            "cpu_core_per_session": {k: round(v, 4) for k, v in cpu.items()},
+            **{k: summary(v) for k, v in latencies.items()},
+        })  # fmt: skip
+    time.sleep(args.metrics_wait_s)  # Ray exports metrics every few seconds
+    return {
+        "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
+        "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
+                   "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
+                   "models": [m.get("name") for m in serve_args.get("models", [])]},
+        "overall": {k: summary(v) for k, v in all_latencies.items()},
+        "partial_lag_s (server)": server_histogram(metrics_url, "stt_realtime_partial_lag_seconds"),
+        "final_latency_s (server)": server_histogram(metrics_url, "stt_realtime_final_seconds"),
+        "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
+        "ingress_rss_mib_after_each_round": rss,
+        "rounds": rounds,
+    }  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=REPO / "serve_config_cpu.yaml")
+    p.add_argument("--app", default=None, help="the application in --config (default: the first)")
+    p.add_argument("--audio-dir", type=Path, default=SHARED_AUDIO)
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--speed", type=float, default=1.0, help="x real time")
+    p.add_argument("--partial-interval", type=float, default=None, help="override realtime.partial_interval_s")
+    p.add_argument("--num-cpus", type=float, default=None, help="the local cluster's logical CPUs (default: the machine's)")
+    p.add_argument("--metrics-wait-s", type=float, default=12.0)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.sessions > 512 or args.rounds > 20:
+        raise SystemExit("bounded: at most 512 sessions and 20 rounds")
+    write_result(args.out, run(args))
+
+
+if __name__ == "__main__":
+    main()
