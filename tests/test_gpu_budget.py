@@ -172,3 +172,47 @@ def test_the_production_config_fits_its_share_with_room_for_its_batch():
     plan = plan_memory(config, voxtral["deployment"]["ray_actor_options"]["num_gpus"], H100)
     # ~430 tokens a request (375 of audio): the KV cache holds most of max_num_seqs at once
     assert plan.kv_cache_bytes // kv_bytes_per_token(config) >= 0.75 * config.max_num_seqs * 430
+
+
+def _llm_entry(config: dict) -> dict:
+    return next(a for a in config["applications"] if a["name"] == "llm")["args"]["llm_configs"][0]
+
+
+def test_planner_rejects_an_llm_held_by_gpu_memory_utilization_alone(tmp_path, production):
+    old = copy.deepcopy(production)
+    _llm_entry(old)["engine_kwargs"] = {"gpu_memory_utilization": 0.5, "max_model_len": 8192}  # the entry before
+    code, out = _run_planner(tmp_path, old, "--gpus", "1", "--gpu-memory-gib", "80")
+    assert code == 1, out
+    problem = next(line for line in out.splitlines() if line.startswith("OVER-COMMITTED: llm/qwen2.5-7b-instruct"))
+    assert "No available memory for the cache blocks" in problem
+    # the fix is named in bytes: 40 GiB - 14.19 GiB of weights - 4 GiB reserve, rounded down to 256 MiB
+    assert "gpu_memory_utilization: 0.5, kv_cache_memory_bytes: 23353884672" in problem
+
+
+def test_planner_prints_the_llm_byte_plan_and_checks_it_against_the_card(tmp_path, production):
+    code, out = _run_planner(tmp_path, production, "--gpus", "1", "--gpu-memory-gib", "79.6")  # an H100's 79.6 GiB
+    assert code == 0, out
+    assert (
+        "memory plan llm/qwen2.5-7b-instruct: share 0.5 of 79.60 GiB = 39.80 GiB: weights 14.19 GiB + activations"
+        " 4.00 GiB + KV cache 20.00 GiB, kv_cache_memory_bytes 21474836480" in out
+    )
+    assert "memory plan stt/voxtral-mini: share 0.15" in out
+    # the same bytes on a 40 GB card do not fit the half of it
+    code, out = _run_planner(tmp_path, production, "--gpus", "2", "--gpu-memory-gib", "40")
+    assert code == 1 and "Qwen/Qwen2.5-7B-Instruct does not fit its GPU share" in out
+
+
+def test_llm_plan_counts_the_real_qwen_sizes():
+    from serve_app.gpu.llm_budget import KNOWN_LLM_SHAPES
+
+    qwen = KNOWN_LLM_SHAPES["Qwen/Qwen2.5-7B-Instruct"]
+    assert qwen.weights_bytes(None) == 2 * 7_615_616_512  # Qwen2.5-7B's 7.62 B parameters in bf16
+    assert qwen.kv_bytes_per_token(None) == 56 * 1024  # 28 layers x 4 KV heads x 128 x (K, V) x bf16
+
+
+def test_llm_plan_refuses_an_unbounded_step_and_a_utilization_other_than_the_share(tmp_path, production):
+    for change in ({"max_num_batched_tokens": 32768}, {"gpu_memory_utilization": 0.9}):
+        config = copy.deepcopy(production)
+        _llm_entry(config)["engine_kwargs"].update(change)
+        code, out = _run_planner(tmp_path, config, "--gpus", "1")
+        assert code == 1 and "OVER-COMMITTED: llm/qwen2.5-7b-instruct" in out, change

@@ -46,17 +46,21 @@ class MemoryPlan:
     def budget_bytes(self) -> int:
         return int(self.share * self.device_bytes)
 
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.activation_bytes + self.kv_cache_bytes
+
     def engine_args(self) -> dict:
         return {"gpu_memory_utilization": self.share, "kv_cache_memory_bytes": self.kv_cache_bytes}
 
     def describe(self) -> str:
         return (
-            f"share {self.share:g} of {_gib(self.device_bytes)} = {_gib(self.budget_bytes)}: weights {_gib(self.weights_bytes)}"
-            f" + activations {_gib(self.activation_bytes)} + KV cache {_gib(self.kv_cache_bytes)}"
+            f"share {self.share:g} of {gib(self.device_bytes)} = {gib(self.budget_bytes)}: weights {gib(self.weights_bytes)}"
+            f" + activations {gib(self.activation_bytes)} + KV cache {gib(self.kv_cache_bytes)}"
         )
 
 
-def _gib(n: int | float) -> str:
+def gib(n: int | float) -> str:
     return f"{n / GiB:.2f} GiB"
 
 
@@ -121,19 +125,24 @@ def plan_memory(config: VoxtralConfig, share: float, device_bytes: int) -> Memor
     """The bytes this replica may use and how they split; raises BudgetError if the model does not fit its share."""
     weights = weights_bytes(config)
     activations = config.activation_reserve_bytes + graph_bytes(config)
-    budget = int(share * device_bytes)
-    kv = config.kv_cache_memory_bytes or budget - weights - activations
+    kv = config.kv_cache_memory_bytes or int(share * device_bytes) - weights - activations
     plan = MemoryPlan(device_bytes, share, weights, activations, kv)
     per_token = kv_bytes_per_token(config)
-    needed_kv = per_token * config.max_model_len if per_token else 1
-    if kv < needed_kv or weights + activations + kv > budget:
-        raise BudgetError(
-            f"{config.model} does not fit its GPU share: {plan.describe()} exceeds the budget, or the KV cache is"
-            f" below one full sequence ({_gib(needed_kv)} for max_model_len {config.max_model_len}). Raise num_gpus,"
-            " lower max_model_len, encoder_cuda_graphs or max_cudagraph_capture_size, use FP8 weights, or set"
-            " kv_cache_memory_bytes."
-        )
+    hint = (
+        "Raise num_gpus, lower max_model_len, encoder_cuda_graphs or max_cudagraph_capture_size, use FP8 weights, or"
+        " set kv_cache_memory_bytes."
+    )
+    check_fits(plan, config.model, per_token * config.max_model_len if per_token else 1, config.max_model_len, hint)
     return plan
+
+
+def check_fits(plan: MemoryPlan, model: str, needed_kv: int, max_model_len: int, hint: str) -> None:
+    """The plan's parts fit its share, and its KV cache holds at least one full sequence."""
+    if plan.kv_cache_bytes < needed_kv or plan.used_bytes > plan.budget_bytes:
+        raise BudgetError(
+            f"{model} does not fit its GPU share: {plan.describe()} exceeds the budget, or the KV cache is below one"
+            f" full sequence ({gib(needed_kv)} for max_model_len {max_model_len}). {hint}"
+        )
 
 
 def graph_bytes(config: VoxtralConfig) -> int:
@@ -147,7 +156,7 @@ def check_free_memory(plan: MemoryPlan, free_bytes: int, device_name: str = "the
     """At start-up the share must be free on the card this replica landed on, whatever the neighbours hold."""
     if free_bytes < plan.budget_bytes:
         raise BudgetError(
-            f"{device_name} has {_gib(free_bytes)} free of {_gib(plan.device_bytes)}, less than this replica's share"
+            f"{device_name} has {gib(free_bytes)} free of {gib(plan.device_bytes)}, less than this replica's share"
             f" ({plan.describe()}). Other processes hold more of the card than Ray's fractional GPUs allow for."
         )
 

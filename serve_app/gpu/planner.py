@@ -4,9 +4,10 @@
 
 It counts every app and deployment that asks for GPUs: this project's models (from ``args``), Ray Serve LLM apps
 (``llm_configs`` placement bundles) and any app's ``deployments`` overrides. Replicas are counted at their maximum
-(``num_replicas`` or ``autoscaling_config.max_replicas``) and packed first-fit, as Ray packs fractional GPUs. Each
-Voxtral model's byte plan (weights + activations + KV cache) must also fit its own share. Exit status 1 when any GPU
-is over-committed or a model does not fit its share.
+(``num_replicas`` or ``autoscaling_config.max_replicas``) and packed first-fit, as Ray packs fractional GPUs. Each vLLM
+engine that shares a card, Voxtral's and a Ray Serve LLM entry's, must also fit its own share byte for byte (weights +
+activations + KV cache); the plans are printed. Exit status 1 when any GPU is over-committed or a model does not fit
+its share.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from serve_app.config import AppConfig
 from serve_app.gpu.budget import BudgetError, GiB, plan_memory
+from serve_app.gpu.llm_budget import llm_share, plan_llm_memory
 
 APP_BUILDER = "serve_app.app:build_app"
 LLM_BUILDERS = ("ray.serve.llm:build_openai_app", "ray.serve.llm:build_llm_deployment")
@@ -29,6 +31,7 @@ class GpuUser:
     name: str
     fraction: float
     replicas: int
+    min_replicas: int = 1
 
 
 @dataclass
@@ -42,44 +45,75 @@ class Gpu:
         return sum(f for _, f in self.users)
 
 
-def _max_replicas(options: dict) -> int:
+@dataclass
+class Findings:
+    """What a config asks of the GPUs: the deployments that hold shares, their byte plans, and what cannot work."""
+
+    users: list[GpuUser] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add_user(self, name: str, options: dict, share: float) -> None:
+        if share:
+            low, high = _replicas(options)
+            self.users.append(GpuUser(name, share, high, low))
+
+    def add_plan(self, name: str, make_plan) -> None:
+        """Record the byte plan ``make_plan()`` returns (None: nothing to plan), or why it fails."""
+        try:
+            plan = make_plan()
+        except BudgetError as e:
+            self.problems.append(f"{name}: {e}")
+        else:
+            if plan is not None:
+                self.plans.append(f"{name}: {plan.describe()}, kv_cache_memory_bytes {plan.kv_cache_bytes}")
+
+
+def _replicas(options: dict) -> tuple[int, int]:
+    """(fewest, most) replicas of a deployment."""
     auto = options.get("autoscaling_config") or {}
     if auto:
-        return int(auto.get("max_replicas", auto.get("min_replicas", 1)))
+        low = int(auto.get("min_replicas", 1))
+        return low, int(auto.get("max_replicas", low))
     n = options.get("num_replicas", 1)
-    return 1 if n in (None, "auto") else int(n)
+    n = 1 if n in (None, "auto") else int(n)
+    return n, n
 
 
-def gpu_users(serve_config: dict, device_bytes: int) -> tuple[list[GpuUser], list[str], list[str]]:
-    """Every GPU-holding deployment of the config, the byte plans of Voxtral models, and the problems found."""
-    users, plans, problems = [], [], []
+def _share(options: dict) -> float:
+    return float((options.get("ray_actor_options") or {}).get("num_gpus") or 0)
+
+
+def _our_app(found: Findings, app_name: str, args: dict, overrides: dict, device_bytes: int) -> None:
+    config = AppConfig.model_validate(args)
+    for m in config.models:
+        opts = {**m.deployment.serve_options(), **overrides.pop(f"model-{m.name}", {})}
+        share = _share(opts)
+        found.add_user(f"{app_name}/{m.name}", opts, share)
+        if m.backend == "voxtral" and share:
+            found.add_plan(f"{app_name}/{m.name}", lambda: plan_memory(m.voxtral, m.voxtral.gpu_share or share, device_bytes))
+
+
+def _llm_app(found: Findings, app_name: str, args: dict, device_bytes: int) -> None:
+    for llm in args.get("llm_configs", []):
+        name = f"{app_name}/{llm.get('model_loading_config', {}).get('model_id', 'llm')}"
+        found.add_user(name, llm.get("deployment_config") or {}, llm_share(llm))
+        found.add_plan(name, lambda: plan_llm_memory(llm, device_bytes))
+
+
+def gpu_users(serve_config: dict, device_bytes: int) -> Findings:
+    """Every GPU-holding deployment of the config, the byte plans of vLLM engines that share a card, the problems."""
+    found = Findings()
     for app in serve_config.get("applications", []):
         app_name = app.get("name", "default")
         overrides = {d["name"]: d for d in app.get("deployments", []) if "name" in d}
         if app.get("import_path") == APP_BUILDER:
-            config = AppConfig.model_validate(app.get("args") or {})
-            for m in config.models:
-                opts = {**m.deployment.serve_options(), **overrides.pop(f"model-{m.name}", {})}
-                share = float((opts.get("ray_actor_options") or {}).get("num_gpus") or 0)
-                if share:
-                    users.append(GpuUser(f"{app_name}/{m.name}", share, _max_replicas(opts)))
-                if m.backend == "voxtral" and share:
-                    try:
-                        plan = plan_memory(m.voxtral, m.voxtral.gpu_share or share, device_bytes)
-                        plans.append(f"{app_name}/{m.name}: {plan.describe()}")
-                    except BudgetError as e:
-                        problems.append(str(e))
+            _our_app(found, app_name, app.get("args") or {}, overrides, device_bytes)
         elif app.get("import_path") in LLM_BUILDERS:
-            for llm in (app.get("args") or {}).get("llm_configs", []):
-                bundles = (llm.get("placement_group_config") or {}).get("bundles") or [{"GPU": 1}]
-                share = sum(float(b.get("GPU", 0)) for b in bundles)
-                name = llm.get("model_loading_config", {}).get("model_id", "llm")
-                users.append(GpuUser(f"{app_name}/{name}", share, _max_replicas(llm.get("deployment_config") or {})))
+            _llm_app(found, app_name, app.get("args") or {}, device_bytes)
         for name, opts in overrides.items():
-            share = float((opts.get("ray_actor_options") or {}).get("num_gpus") or 0)
-            if share:
-                users.append(GpuUser(f"{app_name}/{name}", share, _max_replicas(opts)))
-    return users, plans, problems
+            found.add_user(f"{app_name}/{name}", opts, _share(opts))
+    return found
 
 
 def pack(users: list[GpuUser], gpus: int, memory_bytes: int) -> tuple[list[Gpu], list[str]]:
@@ -96,6 +130,17 @@ def pack(users: list[GpuUser], gpus: int, memory_bytes: int) -> tuple[list[Gpu],
     return cards, pending
 
 
+def cards_needed(users: list[GpuUser], memory_bytes: int, at_least: bool = False) -> int:
+    """The fewest cards on which every replica packs: at each deployment's most replicas, or its fewest."""
+    if at_least:
+        users = [GpuUser(u.name, u.fraction, u.min_replicas, u.min_replicas) for u in users]
+    too_big = [f"{u.name} ({u.fraction:g} GPU)" for u in users if u.fraction > 1.0 + 1e-9]
+    if too_big:
+        raise ValueError(f"a replica needs more than one card: {', '.join(too_big)}")
+    total = sum(u.replicas for u in users)
+    return next(n for n in range(total + 1) if not pack(users, n, memory_bytes)[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a Serve config YAML (serve_config.yaml)")
@@ -106,17 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         serve_config = yaml.safe_load(f)
     memory = int(args.gpu_memory_gib * GiB)
     print(f"{args.config}: {args.gpus} GPU(s) of {args.gpu_memory_gib:g} GiB")
-    users, plans, problems = gpu_users(serve_config, memory)
-    for plan in plans:
+    found = gpu_users(serve_config, memory)
+    for plan in found.plans:
         print(f"memory plan {plan}")
-    cards, pending = pack(users, args.gpus, memory)
+    cards, pending = pack(found.users, args.gpus, memory)
     for card in cards:
         print(f"GPU {card.index}: {card.used:.2f} of 1.00 used, {(1 - card.used) * memory / GiB:.2f} GiB left")
         for name, fraction in card.users:
             print(f"  {fraction:5.2f}  {fraction * memory / GiB:6.2f} GiB  {name}")
-    for problem in problems + pending:
+    for problem in found.problems + pending:
         print(f"OVER-COMMITTED: {problem}")
-    return 1 if problems or pending else 0
+    return 1 if found.problems or pending else 0
 
 
 if __name__ == "__main__":
