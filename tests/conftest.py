@@ -90,9 +90,28 @@ def deploy_app(serve_instance):
             prefix = "/" if name == "stt" else f"/{name}"
             serve.run(build_app(args), name=name, route_prefix=prefix)
             deployed[name] = serve_instance.rstrip("/") + ("" if prefix == "/" else prefix)
+            _wait_routed(deployed[name])
         return deployed[name]
 
     return deploy
+
+
+def _wait_routed(url: str, timeout_s: float = 60) -> None:
+    """Until the proxy routes the app's own paths to it: HAProxy reloads its routes a moment after ``serve.run``
+    returns, and until then a path under a new prefix goes to the app at ``/``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ui/style.css", timeout=5).headers.get("content-type", "").startswith("text/css"):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} is not routed to its app")
 
 
 WHISPER_TEST_MODEL = {

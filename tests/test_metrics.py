@@ -4,6 +4,7 @@ carried from the client through the ingress to the model replica (response heade
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -11,10 +12,15 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import WHISPER_TEST_MODEL
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
+
+from serve_app.audio.decode import load_file
+from serve_app.core.types import SAMPLE_RATE
+from serve_app.realtime.client import ITEM, stream
 
 APP = "metrics"
 MODEL = WHISPER_TEST_MODEL["name"]
@@ -54,7 +60,20 @@ def traffic(app_url, audio_dir, manifest) -> dict:
     unknown = httpx.post(url, files={"file": (CLIP, audio, "audio/wav")}, data={"model": "no-such-model"}, timeout=60)
     assert unknown.status_code == 404
     duration = next(row["duration_s"] for row in manifest if row["file"] == CLIP)
-    return {"audio_s": 2 * duration}
+    return {"audio_s": 2 * duration, "finished_at": time.monotonic()}
+
+
+@pytest.fixture(scope="module")
+def realtime_traffic(deploy_app, audio_dir) -> None:
+    """One realtime session with speech and partial text (at 1x: partials come every second of speech), on an app of
+    its own (its partial decodes would change the counts above)."""
+    url = deploy_app(APP + "rt", {"models": [WHISPER_TEST_MODEL]}).replace("http://", "ws://")
+    speech = load_file(audio_dir / "en_jfk_inaugural_16k.wav")
+    audio = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), speech, np.zeros(SAMPLE_RATE, np.float32)])
+    run = asyncio.run(stream(url + "/v1/realtime?intent=transcription", audio, speed=1.0))
+    assert len(run.of(ITEM + "delta")) >= 2 and run.finals()
+    yield
+    serve.delete(APP + "rt")
 
 
 def test_metrics_after_traffic(traffic, metrics_url):
@@ -85,24 +104,33 @@ def test_metrics_after_traffic(traffic, metrics_url):
     assert _value(samples, "ray_stt_backend_failures_total", model=MODEL) in (None, 0)
 
 
-def test_dashboard_uses_exported_metric_names(traffic, metrics_url):
+def test_dashboard_uses_exported_metric_names(traffic, realtime_traffic, metrics_url):
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
     used = {name for expr in exprs for name in re.findall(r"\bray_[a-z_]+\b", expr)}
     assert {n for n in used if n.startswith("ray_stt_")} >= {
         "ray_stt_requests_total", "ray_stt_request_seconds_bucket", "ray_stt_audio_seconds_total",
         "ray_stt_processing_seconds_bucket", "ray_stt_real_time_factor_bucket", "ray_stt_ongoing_requests",
-        "ray_stt_decode_failures_total", "ray_stt_backend_failures_total",
+        "ray_stt_decode_failures_total", "ray_stt_backend_failures_total", "ray_stt_realtime_sessions",
+        "ray_stt_realtime_utterances_total", "ray_stt_realtime_final_seconds_bucket",
+        "ray_stt_realtime_partial_lag_seconds_bucket", "ray_stt_backend_cancelled_total",
     }
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
         exported = {name for name, _, _ in _scrape(metrics_url)}
-        # a counter that has never been incremented is not exported yet: backend failures must not happen here
-        missing = used - exported - {"ray_stt_backend_failures_total"}
+        # a counter that has never been incremented is not exported yet: failures, cancellations and refusals must
+        # not happen here
+        missing = used - exported - {"ray_stt_backend_failures_total", "ray_stt_backend_cancelled_total", "ray_stt_realtime_refused_total"}
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert not missing
+
+
+def test_a_gauge_stays_exported_while_its_value_holds(traffic, metrics_url):
+    """Ray drops a gauge's series ~30 s after its last set; requests in flight (0 here) must stay on the dashboard."""
+    time.sleep(max(0.0, traffic["finished_at"] + 45 - time.monotonic()))
+    assert _value(_scrape(metrics_url), "ray_stt_ongoing_requests", model=MODEL) == 0
 
 
 def test_request_id_reaches_the_model_and_comes_back(app_url, audio_dir):

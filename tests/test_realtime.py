@@ -264,3 +264,18 @@ def test_the_official_openai_sdk_opens_a_transcription_session(rt_url, audio_dir
     assert kinds[:2] == ["session.created", "session.updated"] and kinds[-1] == ITEM + "completed", kinds
     assert events[1].session.audio.input.transcription.model == "whisper-tiny.en"
     assert "forward" in events[-1].transcript.lower() and events[-1].usage.type == "duration"
+
+
+def test_voxtral_serves_realtime_sessions_through_vllm(voxtral_url, speech):
+    """The tiny random Voxtral through the real vLLM engine: random words, but the protocol, the order, one completed
+    per utterance, token usage, and deltas that spell each final."""
+    url = ws_url(voxtral_url)
+    run = _run(stream(url, speech.audio, fmt=PCM16, speed=4.0, update=session_update(PCM16, model="voxtral-tiny")))
+    assert run.of("session.updated")[0]["session"]["audio"]["input"]["transcription"]["model"] == "voxtral-tiny"
+    assert_valid_order(run)
+    completed = run.of(ITEM + "completed")
+    assert len(completed) == len(run.of("input_audio_buffer.speech_started")) >= len(CLIPS)
+    assert all(e["usage"]["type"] == "tokens" and e["usage"]["output_tokens"] > 0 for e in completed)
+    assert not run.of("error") and not run.of(ITEM + "failed")
+    prompt = _run(_events_after(url, [json.dumps(session_update(PCM16, model="voxtral-tiny", prompt="names"))], count=2))
+    assert prompt[1]["type"] == "error" and prompt[1]["error"]["param"] == "prompt"  # Voxtral takes no prompt

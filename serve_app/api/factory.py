@@ -12,6 +12,7 @@ from serve_app.api.model_registry import ModelRegistry
 from serve_app.api.realtime import RealtimeGate
 from serve_app.api.realtime import router as realtime_router
 from serve_app.api.routes import router
+from serve_app.api.web import router as web_router
 from serve_app.backends.base import Backend
 from serve_app.config import AppConfig
 from serve_app.metrics import IngressMetrics, RealtimeMetrics
@@ -43,6 +44,7 @@ def create_app(
     app.state.realtime = RealtimeGate(config, api_keys, realtime_metrics)
     app.include_router(router)
     app.include_router(realtime_router)
+    app.include_router(web_router)
     install_error_handlers(app)
     app.add_middleware(Admission, limits=body_limits(config), api_keys=api_keys)
     app.add_middleware(AccessLog, metrics=metrics)  # added last: the outermost layer, so it logs refusals too

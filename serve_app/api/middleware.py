@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve_app.api.auth import bearer_token, key_matches
 from serve_app.api.error_handlers import error_response
 from serve_app.api.request_context import start_request
+from serve_app.api.web import is_web_path
 from serve_app.errors import BodyTimeout, InvalidRequest, PayloadTooLarge, Unauthorized
 from serve_app.metrics import IngressMetrics, log_request
 
@@ -85,7 +86,8 @@ class Admission:
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > limit:
             return error_response(PayloadTooLarge(f"The request is larger than the limit of {limit} bytes."))
-        if self.api_keys and route_path(request) not in OPEN_PATHS:
+        path = route_path(request)
+        if self.api_keys and path not in OPEN_PATHS and not is_web_path(path):
             token = bearer_token(request.headers.get("authorization"))
             if token is None or not key_matches(token, self.api_keys):
                 missing = "Missing API key: send 'Authorization: Bearer <key>'."

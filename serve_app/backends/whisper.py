@@ -28,9 +28,12 @@ from serve_app.core.types import (
     Word,
     duration_of,
 )
-from serve_app.errors import InvalidRequest
+from serve_app.errors import InvalidRequest, Overloaded
 
 log = logging.getLogger("ray.serve")
+
+
+_FALLBACK = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]  # temperatures tried in turn when a decode looks like a failure
 
 
 class _Stopped(Exception):
@@ -53,6 +56,7 @@ class WhisperBackend:
             download_root=config.download_root,
         )
         self._pool = ThreadPoolExecutor(config.num_workers, thread_name_prefix="whisper")
+        self._busy = 0  # requests in the pool; a preview (best_effort) leaves a worker free for full requests
         log.info("whisper %s loaded in %.2f s", config.model_path(), time.perf_counter() - started)
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
@@ -60,8 +64,11 @@ class WhisperBackend:
             raise InvalidRequest("This model is English-only and cannot translate; use a multilingual model.", param="model")
         if options.language and not self.model.model.is_multilingual and options.language != "en":
             raise InvalidRequest(f"This model is English-only; language {options.language!r} is not supported.", param="language")
+        if options.best_effort and self._busy >= max(1, self.config.num_workers - 1):
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         stop = threading.Event()
         work = asyncio.get_running_loop().run_in_executor(self._pool, self._transcribe_sync, audio, options, stop)
+        self._busy += 1
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -70,6 +77,8 @@ class WhisperBackend:
             stop.set()
             await asyncio.gather(work, return_exceptions=True)
             raise
+        finally:
+            self._busy -= 1
 
     def _transcribe_sync(self, audio: np.ndarray, options: TranscribeOptions, stop: threading.Event) -> Transcript:
         if stop.is_set():
@@ -79,8 +88,9 @@ class WhisperBackend:
                 audio,
                 language=options.language,
                 task=options.task,
-                beam_size=self.config.beam_size,
-                temperature=options.temperature if options.temperature > 0 else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                beam_size=1 if options.best_effort else self.config.beam_size,
+                temperature=options.temperature if options.temperature > 0 or options.best_effort else _FALLBACK,
+                without_timestamps=options.best_effort,
                 initial_prompt=options.prompt or None,
                 word_timestamps=options.word_timestamps,
                 vad_filter=self.config.vad_filter,

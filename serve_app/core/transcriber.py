@@ -78,7 +78,7 @@ class Transcriber:
         finally:  # the client went away, a chunk failed or there was no speech: stop the rest
             for task in tasks:
                 task.cancel()
-                task.add_done_callback(_retrieve)
+                task.add_done_callback(consume_outcome)
 
     async def _chunk(
         self, audio: np.ndarray, chunk: Chunk, options: TranscribeOptions, limit: asyncio.Semaphore
@@ -91,7 +91,7 @@ class Transcriber:
         return place(t, chunk, self.chunking.cut_repetitions)
 
 
-def _retrieve(task: asyncio.Future) -> None:
+def consume_outcome(task: asyncio.Future) -> None:
     """Marks a dropped task's outcome as seen, so asyncio logs no 'exception was never retrieved' for it."""
     if not task.cancelled():
         task.exception()

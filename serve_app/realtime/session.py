@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 from serve_app.audio.stream import StreamDecoder
 from serve_app.config import LimitsConfig, RealtimeConfig
-from serve_app.core.transcriber import Transcriber
+from serve_app.core.transcriber import Transcriber, consume_outcome
 from serve_app.core.types import SAMPLE_RATE, TranscribeOptions
 from serve_app.errors import APIError
 from serve_app.realtime.buffer import SampleBuffer
@@ -46,6 +46,7 @@ class Utterance:
     partial: PartialText = field(default_factory=PartialText)
     next_partial: int = 0  # stream sample at which the next partial decode is due
     partial_task: asyncio.Task | None = None
+    speculation: asyncio.Task | None = None  # the final decode, started when the speaker paused
 
 
 class RealtimeSession:
@@ -153,10 +154,7 @@ class RealtimeSession:
         if self.turns is None:
             return
         for turn in self.turns.push(heard):
-            if turn.kind == "started":
-                self._speech_started(turn.sample)
-            else:
-                self._speech_stopped(turn.sample)
+            getattr(self, "_on_" + turn.kind)(turn.sample)
         self._after_append()
 
     def _after_append(self) -> None:
@@ -193,7 +191,7 @@ class RealtimeSession:
 
     # -- turns
 
-    def _speech_started(self, onset: int) -> None:
+    def _on_started(self, onset: int) -> None:
         padding = self._ms_samples(self.settings.turn_detection.prefix_padding_ms)
         start = max(onset - padding, self.buffer.start)
         u = Utterance(new_id("item"), start, next_partial=start + self._partial_step())
@@ -202,36 +200,62 @@ class RealtimeSession:
         if self.metrics:
             self.metrics.speech_started()
 
-    def _speech_stopped(self, end: int) -> None:
+    def _on_pausing(self, position: int) -> None:
+        """The speaker has paused long enough that the utterance has probably ended: its final decode starts now,
+        on the audio so far (what follows is silence), and is used if the pause becomes the end."""
+        u = self.utterance
+        if u is None:
+            return
+        if u.partial_task:
+            u.partial_task.cancel()
+        audio = self.buffer.view(u.start, position)
+        u.speculation = self._spawn(self.transcribers[self.settings.model].transcribe(audio, self._options(self.settings)))
+        u.speculation.add_done_callback(consume_outcome)  # a dropped decode's error is nobody's
+
+    def _on_resumed(self, position: int) -> None:
+        u = self.utterance
+        if u and u.speculation:
+            u.speculation.cancel()
+            u.speculation = None
+
+    def _on_stopped(self, end: int) -> None:
+        self._speech_stopped(end, self.utterance.speculation if self.utterance else None)
+
+    def _speech_stopped(self, end: int, speculation: asyncio.Task | None = None) -> None:
         u, self.utterance = self.utterance, None
         if u is None:
             return
         self.emit(self.events.event("input_audio_buffer.speech_stopped", audio_end_ms=_ms(end), item_id=u.item_id))
-        self._finish(u, end)
+        self._finish(u, end, speculation)
 
     def _end_speech_silently(self) -> None:
         """Drops the utterance in progress (a clear, or new turn settings): it was never committed."""
         u, self.utterance = self.utterance, None
-        if u and u.partial_task:
-            u.partial_task.cancel()
+        for task in (u.partial_task, u.speculation) if u else ():
+            if task:
+                task.cancel()
         if self.turns:
             self.turns.reset()
 
     # -- model calls
 
-    def _finish(self, u: Utterance, end: int) -> None:
-        """Commits the utterance's audio up to ``end`` and transcribes it."""
+    def _finish(self, u: Utterance, end: int, speculation: asyncio.Task | None = None) -> None:
+        """Commits the utterance's audio up to ``end`` and transcribes it (or takes the decode begun at the pause)."""
         if u.partial_task:
             u.partial_task.cancel()
         audio = self.buffer.view(u.start, end)
         self.buffer.drop_before(end)
         self.emit(self.events.event("input_audio_buffer.committed", previous_item_id=self.previous_item_id, item_id=u.item_id))
         self.previous_item_id = u.item_id
-        self._spawn(self._final(u, audio, self.settings, time.perf_counter()))
+        if speculation is None and u.speculation:
+            u.speculation.cancel()
+        self._spawn(self._final(u, audio, self.settings, time.perf_counter(), speculation))
 
-    async def _final(self, u: Utterance, audio, settings: SessionSettings, committed_at: float) -> None:
+    async def _final(self, u: Utterance, audio, settings: SessionSettings, committed_at: float, speculation=None) -> None:
         try:
-            transcript = await self.transcribers[settings.model].transcribe(audio, self._options(settings))
+            if speculation is None or speculation.cancelled():
+                speculation = self.transcribers[settings.model].transcribe(audio, self._options(settings))
+            transcript = await speculation
         except Exception as e:  # noqa: BLE001 - the item fails, the session goes on
             error = e if isinstance(e, APIError) else APIError("The transcription failed.")
             if not isinstance(e, APIError):
@@ -248,7 +272,7 @@ class RealtimeSession:
             self.metrics.completed(time.perf_counter() - committed_at)
 
     def _maybe_partial(self, u: Utterance) -> None:
-        if not self.config.partial_interval_s or self.buffer.end < u.next_partial:
+        if not self.config.partial_interval_s or self.buffer.end < u.next_partial or u.speculation:
             return
         if u.partial_task and not u.partial_task.done():
             return  # one partial decode at a time: a slow model skips partials rather than queueing them
@@ -258,7 +282,8 @@ class RealtimeSession:
 
     async def _partial(self, u: Utterance, audio, settings: SessionSettings, received_at: float) -> None:
         try:
-            transcript = await self.transcribers[settings.model].transcribe(audio, self._options(settings))
+            options = replace(self._options(settings), best_effort=True)
+            transcript = await self.transcribers[settings.model].transcribe(audio, options)
         except APIError:
             return  # a partial is a preview: the final decode reports what fails
         delta = u.partial.update(transcript.text)

@@ -3,6 +3,10 @@
 The rule is the file path's (``audio.vad.speech_regions``), run causally: speech starts once ``START_WINDOWS``
 windows in a row reach the threshold (one window alone is more often a click than a word), and stops after
 ``silence_duration_ms`` of windows below ``threshold - 0.15``; in between, speech goes on.
+
+Speech is ``pausing`` once ``PAUSE_WINDOWS`` of that silence have passed: the utterance has probably ended, and the
+session starts its final decode then rather than after the whole silence. Any window that is not silent after
+that ``resumed`` it (the decode is dropped); otherwise ``stopped`` follows.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.protocol import TurnDetection
 
 START_WINDOWS = 2  # 64 ms
+PAUSE_WINDOWS = 6  # 192 ms: most pauses inside a sentence are shorter
 
 
 @dataclass(frozen=True)
 class Turn:
-    """``started`` (at the first speech window) or ``stopped`` (once the silence is long enough), in stream samples."""
+    """``started`` (at the first speech window), ``pausing`` / ``resumed``, or ``stopped`` (once the silence is long
+    enough), at a stream position in samples."""
 
     kind: str
     sample: int
@@ -36,6 +42,7 @@ class TurnDetector:
         self._window = 0  # index of the next window scored
         self._run = 0  # speech windows in a row (before a start) or silent windows in a row (during speech)
         self._silence_windows = max(1, round(settings.silence_duration_ms * SAMPLE_RATE / 1000 / WINDOW))
+        self.pausing = False
 
     def push(self, audio: np.ndarray) -> list[Turn]:
         turns = []
@@ -54,15 +61,23 @@ class TurnDetector:
                 self.in_speech, self._run = True, 0
                 return Turn("started", self.origin + (self._window + 1 - START_WINDOWS) * WINDOW)
             return None
+        here = self.origin + (self._window + 1) * WINDOW
         if p < max(t - 0.15, 0.01):
             self._run += 1
             if self._run >= self._silence_windows:
-                self.in_speech, self._run = False, 0
-                return Turn("stopped", self.origin + (self._window + 1) * WINDOW)
-        elif p >= t:
+                self.reset()
+                return Turn("stopped", here)
+            if self._run == min(PAUSE_WINDOWS, self._silence_windows - 1):
+                self.pausing = True
+                return Turn("pausing", here)
+            return None
+        if p >= t:
             self._run = 0
+        if self.pausing:
+            self.pausing = False
+            return Turn("resumed", here)
         return None
 
     def reset(self) -> None:
         """Ends speech without an event (a cleared buffer or a forced end): the next speech window starts anew."""
-        self.in_speech, self._run = False, 0
+        self.in_speech, self._run, self.pausing = False, 0, False
