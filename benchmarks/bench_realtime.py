@@ -205,7 +205,7 @@ def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) ->
             for k, v in utterance_latencies(run_, spans).items():
                 latencies.setdefault(k, []).extend(v)
                 all_latencies.setdefault(k, []).extend(v)
-        rss.append({k: round(sum(p.memory_info().rss for p in ps) / 2**20, 1) for k, ps in processes.items() if "ngress" in k})
+        rss.append({k: round(sum(p.memory_info().rss for p in ps) / 2**20, 1) for k, ps in processes.items() if k == "ingress"})
         rounds.append({
             "round": r, "wall_s": round(wall, 1), "sessions_sustained": sum(map(sustained, runs)), "sessions": len(runs),
             "utterances": sum(len(x.of(ITEM + "completed")) for x in runs),

@@ -58,22 +58,22 @@ class IngressMetrics:
 class HeldGauge:
     """A gauge that stays exported while its value holds. Ray 2.60 drops a gauge's series about 30 s after its last
     ``set``, so a count that does not change (sessions open, requests in flight) would vanish from the dashboard; a
-    daemon thread sets the value again every ``refresh_s``."""
+    daemon thread sets the value again every ``refresh_s``. Counts change by ``add``."""
 
     def __init__(self, gauge, refresh_s: float = 5.0):
         self.gauge, self.value, self._lock = gauge, 0.0, threading.Lock()
-        self.set(0)
+        self.add(0)
         threading.Thread(target=self._hold, args=(refresh_s,), daemon=True, name="held-gauge").start()
 
-    def set(self, value: float) -> None:
+    def add(self, delta: float) -> None:
         with self._lock:
-            self.value = value
-            self.gauge.set(value)
+            self.value += delta
+            self.gauge.set(self.value)
 
     def _hold(self, refresh_s: float) -> None:
         while True:
             time.sleep(refresh_s)
-            self.set(self.value)
+            self.add(0)
 
 
 class ModelMetrics:
@@ -111,15 +111,12 @@ class ModelMetrics:
         for metric in (self.audio_seconds, self.processing_seconds, self.real_time_factor, ongoing, self.failures, self.cancelled):
             metric.set_default_tags({"model": model})  # a dict each: Serve adds its own tags to it in place
         self.ongoing = HeldGauge(ongoing)
-        self._ongoing = 0
 
     def started(self) -> None:
-        self._ongoing += 1
-        self.ongoing.set(self._ongoing)
+        self.ongoing.add(1)
 
     def finished(self) -> None:
-        self._ongoing -= 1
-        self.ongoing.set(self._ongoing)
+        self.ongoing.add(-1)
 
     def processed(self, audio_s: float, processing_s: float) -> None:
         self.processing_seconds.observe(processing_s)
@@ -155,15 +152,12 @@ class RealtimeMetrics:
             description="Audio received to the partial text that covers it.",
             boundaries=REALTIME_BUCKETS,
         )
-        self._open = 0
 
     def opened(self) -> None:
-        self._open += 1
-        self.sessions.set(self._open)
+        self.sessions.add(1)
 
     def closed(self) -> None:
-        self._open -= 1
-        self.sessions.set(self._open)
+        self.sessions.add(-1)
 
     def refuse(self, reason: str) -> None:
         self.refused.inc(tags={"reason": reason})

@@ -18,13 +18,9 @@ MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css
 
 
 @router.get("/")
-async def root() -> RedirectResponse:
-    return RedirectResponse("ui/", status_code=307)  # relative: the app may sit under a route prefix
-
-
 @router.get("/ui")
-async def ui_without_slash() -> RedirectResponse:
-    return RedirectResponse("ui/", status_code=307)
+async def to_page() -> RedirectResponse:
+    return RedirectResponse("ui/", status_code=307)  # relative: the app may sit under a route prefix
 
 
 def _file_route(url: str, name: str) -> None:
