@@ -47,7 +47,7 @@ from benchmarks.common import command_line, machine_info, write_result
 from benchmarks.loadgen import ClipMaker, http_session, speech_pool
 from benchmarks.local_serve import free_port, stop_local_serve
 from serve_app.audio.wav import wav_bytes
-from serve_app.backends.voxtral import ENGINE_FIELDS, _quantization_args
+from serve_app.backends.voxtral import engine_arg_dict
 from serve_app.config import VoxtralConfig
 from serve_app.ray_env import apply_serve_env
 
@@ -66,7 +66,8 @@ def chat_body(clip, max_tokens: int) -> bytes:
 def chat_sender(base_url: str, max_tokens: int):
     session = http_session()
 
-    async def send(body: bytes) -> None:
+    async def send(body: bytes) -> str:
+        """The answer's text."""
         headers = {"content-type": "application/json"}
         async with session.post(f"{base_url}/v1/chat/completions", data=body, headers=headers) as r:
             r.raise_for_status()
@@ -74,24 +75,18 @@ def chat_sender(base_url: str, max_tokens: int):
         got = answer["usage"]["completion_tokens"]
         if got != max_tokens:  # the same work on every server, or the comparison means nothing
             raise RuntimeError(f"{got} completion tokens, expected {max_tokens}")
+        return answer["choices"][0]["message"]["content"]
 
     send.prepare = lambda clip: chat_body(clip, max_tokens)  # encoded before the clock starts (loadgen.run_load)
     return send
 
 
 def vllm_server_args(config: VoxtralConfig, memory: dict) -> list[str]:
-    """vLLM's CLI flags for the engine arguments the product's engine gets (``backends.voxtral.engine_args``)."""
-    args = {
-        **config.model_dump(include=ENGINE_FIELDS, exclude={"model"}),
-        "generation_config": "vllm",
-        "limit_mm_per_prompt": {"audio": 8},
-        "mm_processor_cache_gb": 0,
-        **memory,
-        **_quantization_args(config.quantization),
-        **config.engine_kwargs,
-    }
-    flags = ["--model", config.model, "--served-model-name", SERVED_NAME]
-    flags += ["--disable-log-stats", "--disable-uvicorn-access-log"]
+    """vLLM's CLI flags for the engine arguments the product's engine gets, without the product's own additions
+    (``additional_config``: the encoder's CUDA graphs, which only this project's plugin reads)."""
+    args = engine_arg_dict(config, "cuda", memory)
+    args.pop("additional_config")
+    flags = ["--served-model-name", SERVED_NAME, "--disable-uvicorn-access-log"]
     for key, value in args.items():
         flag = "--" + key.replace("_", "-")
         if value is None:
@@ -133,11 +128,8 @@ async def greedy_texts(base: str, pool) -> list[str]:
     """The chat answers to the same six clips (seed 7), one at a time: the same weights must give the same text."""
     maker, texts = ClipMaker(pool, seed=7), []
     for seconds in (3, 10, 3, 10, 3, 10):
-        body = chat_body(maker.clip(seconds), CASES[seconds])
-        headers = {"content-type": "application/json"}
-        async with http_session().post(f"{base}/v1/chat/completions", data=body, headers=headers) as r:
-            r.raise_for_status()
-            texts.append((await r.json())["choices"][0]["message"]["content"])
+        send = chat_sender(base, CASES[seconds])
+        texts.append(await send(send.prepare(maker.clip(seconds))))
     return texts
 
 

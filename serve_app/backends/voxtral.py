@@ -210,6 +210,11 @@ def engine_args(config: VoxtralConfig, device: str, memory: dict):
     """vLLM's engine arguments for this config; ``memory`` is the byte plan's, and ``engine_kwargs`` win over the rest."""
     from vllm import AsyncEngineArgs
 
+    return AsyncEngineArgs(**engine_arg_dict(config, device, memory))
+
+
+def engine_arg_dict(config: VoxtralConfig, device: str, memory: dict) -> dict:
+    """``engine_args`` as plain keywords (what vLLM's own server takes as flags, ``benchmarks/bench_gpu_peers.py``)."""
     graphs = config.encoder_cuda_graphs if device == "cuda" else 0
     extra = config.engine_kwargs
     args = dict(
@@ -222,7 +227,7 @@ def engine_args(config: VoxtralConfig, device: str, memory: dict):
         **_quantization_args(config.quantization),
     )
     additional = {ENCODER_GRAPHS_KEY: graphs, **extra.get("additional_config", {})}
-    return AsyncEngineArgs(**{**args, **extra, "additional_config": additional})
+    return {**args, **extra, "additional_config": additional}
 
 
 def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cache: dict) -> dict:
