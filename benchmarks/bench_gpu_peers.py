@@ -11,7 +11,8 @@ Servers, one after another on the same card (each stopped before the next starts
   tokens, CUDA graph sizes, KV cache bytes), vLLM's own model class (this project's plugin is not loaded);
 * ``vllm-seed``: the same server with the old deployment's flags (eager, 4 sequences, bf16);
 * ``product-lever``: the product with ``--lever-json`` merged into its voxtral settings (a lever under test, e.g.
-  ``'{"engine_kwargs": {"async_scheduling": true}}'``).
+  ``'{"max_num_seqs": 64}'``); its keys ``replicas`` and ``num_gpus`` set the deployment instead, so
+  ``'{"replicas": 2, "num_gpus": 0.075}'`` runs two engines in the same 0.15 share.
 
 Every server gets the same clips and the same chat request (``max_tokens`` fixed per clip length, greedy), and each
 answer must carry exactly that many completion tokens, so every server does the same work. Each server's greedy
@@ -142,14 +143,21 @@ def measure(base: str, make_senders: dict, maker: ClipMaker, a, with_throughput:
     return out
 
 
-def run_product(a, maker: ClipMaker, overrides: dict) -> dict:
-    model = voxtral_model(a.model_dir, "default", overrides=overrides)
+def run_product(a, maker: ClipMaker, lever: dict) -> dict:
+    overrides = {k: v for k, v in lever.items() if k not in ("replicas", "num_gpus")}
+    deployment = {k: v for k, v in lever.items() if k in ("replicas", "num_gpus")}
+    model = voxtral_model(a.model_dir, "default", overrides=overrides, **deployment)
     ingress = {"deployment": {"num_replicas": 4, "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 1}}}
     started = time.perf_counter()
     # Random weights loop at once: the chat's runaway cut would stop each answer early (less work than the peers do).
     chat = {"cut_repetitions": False}
     base = start_serve({"models": [model], "ingress": ingress, "chunking": product_chunking(), "chat": chat})
-    row = {"start_s": round(time.perf_counter() - started, 1), "engine": model["voxtral"], "chat": chat}
+    row = {
+        "start_s": round(time.perf_counter() - started, 1),
+        "engine": model["voxtral"],
+        "chat": chat,
+        "deployment": model["deployment"],
+    }
     row["gpu_memory_serving"] = gpu_memory()
     try:
         senders = {"transcriptions": lambda t: http_sender(base, t), "chat": lambda t: chat_sender(base, t)}
@@ -215,7 +223,11 @@ def main() -> None:
     p.add_argument("--concurrency", default="1,32")
     p.add_argument("--budget-audio-s", type=float, default=1000, help="audio seconds per case at most")
     p.add_argument("--throughput-n", type=int, default=256)
-    p.add_argument("--lever-json", default="{}", help="product-lever: merged into the product's voxtral settings")
+    p.add_argument(
+        "--lever-json",
+        default="{}",
+        help="product-lever: merged into the product's voxtral settings (replicas, num_gpus: its deployment)",
+    )
     a = p.parse_args()
     a.concurrencies = [int(c) for c in a.concurrency.split(",")]
     apply_serve_env()

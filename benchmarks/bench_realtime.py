@@ -12,11 +12,17 @@ Measured, per round and overall:
   turn detector waits for, ``silence_duration_ms``);
 * ``onset_to_speech_started_s``: from sending a clip's first speech to ``speech_started``;
 * ``partial_lag_s``: the server's own histogram (audio received -> the delta that covers it), from Ray's metrics;
+  ``partial_decode_s`` times every partial decode the same way, whether or not its text agreed enough to send
+  (random weights never agree, so on them only this one fills);
 * ``sessions_sustained``: sessions whose every utterance completed and that saw no error;
-* CPU seconds per session-second of the ingress and model replicas, the VAD's own cost per session (the streaming
+* CPU seconds per session-second of the ingress and model replicas, the benchmark client's own cores (its single
+  event loop times every event, so near 1.0 its own lag enters the latencies), the VAD's own cost per session (the streaming
   VAD and turn detector run in this process over the same stream), and the ingress replica's RSS after each round.
 
     .venv/bin/python -m benchmarks.bench_realtime --sessions 4 --rounds 3 --out benchmarks/results/realtime_cpu.json
+
+``--sessions 64,128,256`` runs each count in turn on the same app (``by_sessions``: one entry per count, its server
+histograms counting only its own rounds).
 
 ``--config`` takes any Serve config (the GPU one too: the script runs there unchanged; ``--num-cpus`` sizes the
 local cluster). Sessions and rounds are bounded by the arguments; traffic goes only to 127.0.0.1.
@@ -140,8 +146,15 @@ def cpu_seconds(processes: dict[str, list]) -> dict[str, float]:
     return {name: sum(p.cpu_times().user + p.cpu_times().system for p in ps) for name, ps in processes.items()}
 
 
-def server_histogram(metrics_url: str, name: str) -> dict:
-    """p50/p95 (bucket upper bounds, interpolated) and count of a histogram on Ray's Prometheus endpoint."""
+SERVER_HISTOGRAMS = {
+    "partial_lag_s (server)": "stt_realtime_partial_lag_seconds",
+    "partial_decode_s (server)": "stt_realtime_partial_decode_seconds",
+    "final_latency_s (server)": "stt_realtime_final_seconds",
+}
+
+
+def histogram_buckets(metrics_url: str, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts on Ray's Prometheus endpoint, summed over replicas."""
     body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     buckets: dict[float, float] = {}
     for line in body.splitlines():
@@ -149,7 +162,12 @@ def server_histogram(metrics_url: str, name: str) -> dict:
             le = line.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0) + float(line.rsplit(" ", 1)[1])
-    if not buckets:
+    return buckets
+
+
+def histogram_summary(buckets: dict[float, float]) -> dict:
+    """p50/p95 (bucket upper bounds, interpolated) and count of cumulative buckets."""
+    if not buckets or not max(buckets.values()):
         return {"count": 0}
     bounds = sorted(buckets)
     total = buckets[bounds[-1]]
@@ -168,6 +186,18 @@ def server_histogram(metrics_url: str, name: str) -> dict:
     return {"count": int(total), "p50": round(quantile(0.5), 3), "p95": round(quantile(0.95), 3)}
 
 
+def server_histograms(metrics_url: str) -> dict[str, dict[float, float]]:
+    return {key: histogram_buckets(metrics_url, name) for key, name in SERVER_HISTOGRAMS.items()}
+
+
+def since(after: dict[str, dict[float, float]], before: dict[str, dict[float, float]]) -> dict[str, dict]:
+    """Each histogram's summary over the observations between two scrapes."""
+    return {
+        key: histogram_summary({b: n - before.get(key, {}).get(b, 0.0) for b, n in buckets.items()})
+        for key, buckets in after.items()
+    }
+
+
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3), "max": round(max(values), 3) if values else None}
 
@@ -176,7 +206,7 @@ def run(args) -> dict:
     from benchmarks.local_serve import free_port, run_app, start_local_serve, stop_local_serve
 
     manifest = read_manifest(args.audio_dir)
-    audios = [session_audio(args.audio_dir, manifest, seed) for seed in range(args.sessions)]
+    audios = [session_audio(args.audio_dir, manifest, seed) for seed in range(max(args.sessions))]
     serve_args = app_args(args.config, args.app)
     if args.partial_interval is not None:
         serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
@@ -185,20 +215,34 @@ def run(args) -> dict:
     try:
         run_app(serve_args)
         url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
-        return measure(args, url, audios, f"http://127.0.0.1:{metrics_port}/metrics", serve_args)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        asyncio.run(one_round(url, audios[:1], speed=0))  # warm: every path once
+        time.sleep(args.metrics_wait_s)
+        steps = [measure(args, url, audios[:k], metrics_url) for k in args.sessions]
     finally:
         stop_local_serve()
+    return {
+        "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
+        "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
+                   "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
+                   "models": [m.get("name") for m in serve_args.get("models", [])]},
+        "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
+        **(steps[0] if len(steps) == 1 else {"by_sessions": steps}),
+    }  # fmt: skip
 
 
-def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) -> dict:
+def measure(args, url: str, audios: list, metrics_url: str) -> dict:
+    """``args.rounds`` rounds of ``len(audios)`` sessions on the app at ``url``; the server's histograms count only
+    these rounds (scraped before and after, with Ray's export delay waited out)."""
     processes = replica_processes("stt")
     speech_spans = [true_speech(a) for a in audios]
-    asyncio.run(one_round(url, audios[:1], speed=0))  # warm: every path once
+    before = server_histograms(metrics_url)
     rounds, all_latencies, rss = [], {}, []
     for r in range(args.rounds):
-        cpu_before, started = cpu_seconds(processes), time.monotonic()
+        cpu_before, client_before, started = cpu_seconds(processes), time.process_time(), time.monotonic()
         runs = asyncio.run(one_round(url, audios, args.speed))
         wall = time.monotonic() - started
+        client_cpu = (time.process_time() - client_before) / wall  # one core: the client's own events lag past ~1
         cpu = {k: (v - cpu_before[k]) / (wall * len(runs)) for k, v in cpu_seconds(processes).items()}
         latencies: dict[str, list[float]] = {}
         for run_, spans in zip(runs, speech_spans):
@@ -209,22 +253,17 @@ def measure(args, url: str, audios: list, metrics_url: str, serve_args: dict) ->
         rounds.append({
             "round": r, "wall_s": round(wall, 1), "sessions_sustained": sum(map(sustained, runs)), "sessions": len(runs),
             "utterances": sum(len(x.of(ITEM + "completed")) for x in runs),
-            "cpu_core_per_session": {k: round(v, 4) for k, v in cpu.items()},
+            "cpu_core_per_session": {k: round(v, 4) for k, v in cpu.items()}, "client_cpu_core": round(client_cpu, 3),
             **{k: summary(v) for k, v in latencies.items()},
         })  # fmt: skip
     time.sleep(args.metrics_wait_s)  # Ray exports metrics every few seconds
     return {
-        "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
-        "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
-                   "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
-                   "models": [m.get("name") for m in serve_args.get("models", [])]},
+        "sessions": len(audios),
         "overall": {k: summary(v) for k, v in all_latencies.items()},
-        "partial_lag_s (server)": server_histogram(metrics_url, "stt_realtime_partial_lag_seconds"),
-        "final_latency_s (server)": server_histogram(metrics_url, "stt_realtime_final_seconds"),
-        "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
+        **since(server_histograms(metrics_url), before),
         "ingress_rss_mib_after_each_round": rss,
         "rounds": rounds,
-    }  # fmt: skip
+    }
 
 
 def main() -> None:
@@ -232,7 +271,12 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=REPO / "serve_config_cpu.yaml")
     p.add_argument("--app", default=None, help="the application in --config (default: the first)")
     p.add_argument("--audio-dir", type=Path, default=SHARED_AUDIO)
-    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument(
+        "--sessions",
+        type=lambda v: [int(k) for k in v.split(",")],
+        default=[4],
+        help="concurrent sessions; a comma list (64,128,256) runs each count in turn on the same app",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--speed", type=float, default=1.0, help="x real time")
     p.add_argument("--partial-interval", type=float, default=None, help="override realtime.partial_interval_s")
@@ -240,8 +284,8 @@ def main() -> None:
     p.add_argument("--metrics-wait-s", type=float, default=12.0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if args.sessions > 512 or args.rounds > 20:
-        raise SystemExit("bounded: at most 512 sessions and 20 rounds")
+    if max(args.sessions) > 512 or len(args.sessions) > 8 or args.rounds > 20:
+        raise SystemExit("bounded: at most 512 sessions, 8 session counts and 20 rounds")
     write_result(args.out, run(args))
 
 

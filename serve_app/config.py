@@ -100,13 +100,17 @@ class VoxtralConfig(Strict):
     # CUDA graphs of the audio encoder for batches of up to this many 30 s windows (0: vLLM's eager encoder). Their
     # memory (~112 MiB a window) comes out of the KV cache: serve_config.yaml pairs 4 with FP8 weights.
     encoder_cuda_graphs: int = Field(0, ge=0, le=64)
+    # "priority": previews (realtime partial decodes) wait behind full requests in the engine's queue, and are
+    # preempted first when the KV cache runs short. "fcfs": every request in arrival order.
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # GPU memory: the share of the card this replica may use (defaults to its num_gpus) and the KV cache bytes.
     gpu_share: float | None = Field(None, gt=0, le=1)
     kv_cache_memory_bytes: int | None = Field(None, gt=0)
     # Everything the engine holds besides weights and KV cache: CUDA context, activations, CUDA graphs, allocator
-    # slack. Measured on an H100 under load with the defaults below: 2.4 GiB (benchmarks/results/gpu/).
-    activation_reserve_bytes: int = Field(int(2.5 * (1 << 30)), ge=0)
+    # slack. Measured on an H100 with the defaults below under 128 clients of transcriptions and chat: 2.67 GiB (the
+    # engine held 12 335 MiB of a 12 165 MiB share with 2.5; benchmarks/NOTES-gpu.md, ninth session).
+    activation_reserve_bytes: int = Field(int(2.75 * (1 << 30)), ge=0)
     weights_bytes: int | None = Field(None, gt=0, description="overrides the size read from the checkpoint")
     max_audio_tokens_per_s: float = Field(8.0, gt=0, description="bounds max_tokens by the audio's duration")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -152,6 +152,11 @@ class RealtimeMetrics:
             description="Audio received to the partial text that covers it.",
             boundaries=REALTIME_BUCKETS,
         )
+        self.partial_decode = Histogram(
+            "stt_realtime_partial_decode_seconds",
+            description="Audio received to the end of the partial decode over it, whether or not it changed the text.",
+            boundaries=REALTIME_BUCKETS,
+        )
 
     def opened(self) -> None:
         self.sessions.add(1)
@@ -168,5 +173,7 @@ class RealtimeMetrics:
     def completed(self, seconds: float) -> None:
         self.final_latency.observe(seconds)
 
-    def partial(self, seconds: float) -> None:
-        self.partial_lag.observe(seconds)
+    def partial_decoded(self, seconds: float, text_changed: bool) -> None:
+        self.partial_decode.observe(seconds)
+        if text_changed:
+            self.partial_lag.observe(seconds)

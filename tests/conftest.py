@@ -148,6 +148,7 @@ def tiny_voxtral_model(checkpoint: Path, name: str = "voxtral-tiny") -> dict:
             "max_model_len": 2048,
             "max_num_seqs": 8,
             "kv_cache_memory_bytes": 64 << 20,
+            "scheduling_policy": "priority",  # realtime previews (partials) queue behind finals
         },
         "deployment": {"ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 16},
     }

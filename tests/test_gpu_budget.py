@@ -38,8 +38,8 @@ def test_share_015_of_h100_fits_and_splits_into_bytes(full_size_dir):
     config = VoxtralConfig(model=str(full_size_dir), load_format="dummy")
     plan = plan_memory(config, 0.15, H100)
     assert plan.weights_bytes + plan.activation_bytes + plan.kv_cache_bytes == plan.budget_bytes
-    # 11.9 GiB - 8.7 GiB of weights - the 2.5 GiB reserve measured on an H100: about 6 k tokens at 120 KiB a token
-    assert 0.5 * GiB < plan.kv_cache_bytes < 1.0 * GiB
+    # 11.9 GiB - 8.7 GiB of weights - the 2.75 GiB reserve measured on an H100: about 4 k tokens at 120 KiB a token
+    assert 0.4 * GiB < plan.kv_cache_bytes < 0.6 * GiB
     assert plan.engine_args() == {"gpu_memory_utilization": 0.15, "kv_cache_memory_bytes": plan.kv_cache_bytes}
 
 
@@ -170,8 +170,8 @@ def test_the_production_config_fits_its_share_with_room_for_its_batch():
     voxtral = next(m for m in app["models"] if m["backend"] == "voxtral")
     config = VoxtralConfig(**voxtral["voxtral"])
     plan = plan_memory(config, voxtral["deployment"]["ray_actor_options"]["num_gpus"], H100)
-    # ~430 tokens a request (375 of audio): the KV cache holds most of max_num_seqs at once
-    assert plan.kv_cache_bytes // kv_bytes_per_token(config) >= 0.75 * config.max_num_seqs * 430
+    # ~430 tokens a request (375 of audio): the KV cache holds most of max_num_seqs at once (~25 k tokens, 58 requests)
+    assert plan.kv_cache_bytes // kv_bytes_per_token(config) >= 0.7 * config.max_num_seqs * 430
 
 
 def _llm_entry(config: dict) -> dict:

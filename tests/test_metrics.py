@@ -77,7 +77,7 @@ def realtime_traffic(deploy_app, audio_dir) -> None:
         stopped |= {e["item_id"]} if e["type"] == "input_audio_buffer.speech_stopped" else set()
         partials += e["type"] == ITEM + "delta" and e["item_id"] not in stopped
     assert partials >= 1 and run.finals()
-    yield
+    yield partials
     serve.delete(APP + "rt")
 
 
@@ -118,7 +118,8 @@ def test_dashboard_uses_exported_metric_names(traffic, realtime_traffic, metrics
         "ray_stt_processing_seconds_bucket", "ray_stt_real_time_factor_bucket", "ray_stt_ongoing_requests",
         "ray_stt_decode_failures_total", "ray_stt_backend_failures_total", "ray_stt_realtime_sessions",
         "ray_stt_realtime_utterances_total", "ray_stt_realtime_final_seconds_bucket",
-        "ray_stt_realtime_partial_lag_seconds_bucket", "ray_stt_backend_cancelled_total",
+        "ray_stt_realtime_partial_lag_seconds_bucket", "ray_stt_realtime_partial_decode_seconds_bucket",
+        "ray_stt_backend_cancelled_total",
     }
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
@@ -130,6 +131,24 @@ def test_dashboard_uses_exported_metric_names(traffic, realtime_traffic, metrics
             break
         time.sleep(2)
     assert not missing
+
+
+def test_every_partial_decode_is_timed_and_each_sent_partial_has_its_lag(realtime_traffic, metrics_url):
+    """Partial decodes whose text did not change (all of them, on random weights) are timed too."""
+
+    def count(samples, name):
+        return sum(v for n, labels, v in samples if n == name and labels.get("application") == APP + "rt")
+
+    deadline = time.monotonic() + EXPORT_DELAY_S
+    while True:
+        samples = _scrape(metrics_url)
+        lag = count(samples, "ray_stt_realtime_partial_lag_seconds_count")
+        decodes = count(samples, "ray_stt_realtime_partial_decode_seconds_count")
+        if lag >= realtime_traffic or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert lag == realtime_traffic  # one lag per delta sent while the speaker talked
+    assert decodes >= lag
 
 
 def test_a_gauge_stays_exported_while_its_value_holds(traffic, metrics_url):

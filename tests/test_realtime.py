@@ -266,9 +266,10 @@ def test_the_official_openai_sdk_opens_a_transcription_session(rt_url, audio_dir
     assert "forward" in events[-1].transcript.lower() and events[-1].usage.type == "duration"
 
 
-def test_voxtral_serves_realtime_sessions_through_vllm(voxtral_url, speech):
+def test_voxtral_serves_realtime_sessions_through_vllm(voxtral_url, speech, metrics_url):
     """The tiny random Voxtral through the real vLLM engine: random words, but the protocol, the order, one completed
-    per utterance, token usage, and deltas that spell each final."""
+    per utterance, token usage, and deltas that spell each final. Its engine schedules by priority: the partial
+    decodes go in as previews (priority 1) and must come back; random words never agree, so the metric shows them."""
     url = ws_url(voxtral_url)
     run = _run(stream(url, speech.audio, fmt=PCM16, speed=4.0, update=session_update(PCM16, model="voxtral-tiny")))
     assert run.of("session.updated")[0]["session"]["audio"]["input"]["transcription"]["model"] == "voxtral-tiny"
@@ -279,3 +280,8 @@ def test_voxtral_serves_realtime_sessions_through_vllm(voxtral_url, speech):
     assert not run.of("error") and not run.of(ITEM + "failed")
     prompt = _run(_events_after(url, [json.dumps(session_update(PCM16, model="voxtral-tiny", prompt="names"))], count=2))
     assert prompt[1]["type"] == "error" and prompt[1]["error"]["param"] == "prompt"  # Voxtral takes no prompt
+    deadline = time.monotonic() + 40  # Ray exports metrics every few seconds
+    while (partials := _metric(metrics_url, "ray_stt_realtime_partial_decode_seconds_count", "vox")) < 1:
+        assert time.monotonic() < deadline, "no partial decode came back from the engine"
+        time.sleep(1)
+    assert _metric(metrics_url, "ray_stt_backend_failures_total", "vox") == 0 and partials >= 1

@@ -76,7 +76,8 @@ class VoxtralBackend:
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
-        text, usage = await self._complete(prompt, max_tokens, options.temperature, options.request_id, options.ignore_eos)
+        priority = 1 if options.best_effort and self.config.scheduling_policy == "priority" else 0
+        text, usage = await self._complete(prompt, max_tokens, options, priority)
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
         # Voxtral detects the language without saying which: a transcript reports only a language it was given.
@@ -127,14 +128,15 @@ class VoxtralBackend:
         return _prompt(tokenized)
 
     async def _complete(
-        self, prompt: dict, max_tokens: int, temperature: float, request_id: str | None, ignore_eos: bool
+        self, prompt: dict, max_tokens: int, options: TranscribeOptions, priority: int
     ) -> tuple[str, TokenUsage]:
         """One finished answer: the engine neither detokenizes nor sends anything until the request is done."""
         from vllm.sampling_params import RequestOutputKind
 
-        params = self._params(prompt, max_tokens, temperature, 1.0, ignore_eos, RequestOutputKind.FINAL_ONLY, detokenize=False)
+        kind = RequestOutputKind.FINAL_ONLY
+        params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
         token_ids: list[int] = []
-        async for output in self._run(prompt, params, request_id):
+        async for output in self._run(prompt, params, options.request_id, priority):
             token_ids = output.outputs[0].token_ids
         usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
         return self.tokenizer.decode(list(token_ids)), usage
@@ -167,13 +169,13 @@ class VoxtralBackend:
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=kind, detokenize=detokenize
         )
 
-    async def _run(self, prompt: dict, params, request_id: str | None):
+    async def _run(self, prompt: dict, params, request_id: str | None, priority: int = 0):
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         if "multi_modal_data" in prompt:  # ids instead of hashing megabytes of audio that never repeats
             n = len(prompt["multi_modal_data"]["audio"])
             prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
-            async for output in self.engine.generate(prompt, params, request_id=rid):
+            async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
                 yield output
         except asyncio.CancelledError:
             await self.engine.abort(rid)
@@ -202,7 +204,7 @@ def check_options(options: TranscribeOptions | ChatOptions) -> None:
 # VoxtralConfig fields that are vLLM engine arguments of the same name.
 ENGINE_FIELDS = {
     "model", "tokenizer_mode", "config_format", "load_format", "dtype", "kv_cache_dtype", "max_model_len", "max_num_seqs",
-    "max_num_batched_tokens", "max_cudagraph_capture_size", "enable_prefix_caching", "enforce_eager",
+    "max_num_batched_tokens", "max_cudagraph_capture_size", "enable_prefix_caching", "enforce_eager", "scheduling_policy",
 }  # fmt: skip
 
 

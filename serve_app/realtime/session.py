@@ -287,10 +287,11 @@ class RealtimeSession:
         except APIError:
             return  # a partial is a preview: the final decode reports what fails
         delta = u.partial.update(transcript.text)
-        if delta and self.utterance is u:
+        sent = bool(delta) and self.utterance is u
+        if sent:
             self.emit(self.events.event(_ITEM_EVENT + "delta", item_id=u.item_id, content_index=0, delta=delta))
-            if self.metrics:
-                self.metrics.partial(time.perf_counter() - received_at)
+        if self.metrics:
+            self.metrics.partial_decoded(time.perf_counter() - received_at, text_changed=sent)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
