@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -26,7 +27,7 @@ from unittest.mock import patch
 
 import numpy as np
 
-from benchmarks.common import REPO, command_line, machine_info, serve_application, write_result
+from benchmarks.common import REPO, PeriodicSampler, command_line, machine_info, serve_application, write_result
 from benchmarks.loadgen import ClipMaker, http_session, prepared, run_load, speech_pool, upload_form
 from benchmarks.local_serve import run_app, start_local_serve  # before ray.serve: it applies Serve's settings
 from serve_app.audio.wav import wav_bytes
@@ -238,18 +239,29 @@ async def side_by_side(paths: dict[str, dict], maker: ClipMaker, n: int) -> dict
     return out
 
 
-def cmd_shared_card(a) -> dict:
+@contextlib.contextmanager
+def neighbour(hold_gib: float, churn_gib: float, seconds: float = 900):
+    """While inside, another process holds ``hold_gib`` of the card and churns ``churn_gib`` more
+    (``benchmarks.gpu_neighbour``); yields its pid."""
     ready = Path("/tmp/neighbour.ready")
     ready.unlink(missing_ok=True)
-    neighbour = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.gpu_neighbour", "--hold-gib", str(a.hold_gib),
-         "--churn-gib", str(a.churn_gib), "--seconds", "900", "--ready-file", str(ready)], cwd=REPO,
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.gpu_neighbour", "--hold-gib", str(hold_gib),
+         "--churn-gib", str(churn_gib), "--seconds", str(seconds), "--ready-file", str(ready)], cwd=REPO,
     )  # fmt: skip
     try:
         while not ready.exists():
-            if neighbour.poll() is not None:
+            if proc.poll() is not None:
                 raise RuntimeError("the neighbour process failed to start")
             time.sleep(0.5)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def cmd_shared_card(a) -> dict:
+    with neighbour(a.hold_gib, a.churn_gib) as neighbour_pid:
         before = gpu_memory()
         base = start_serve({"models": [voxtral_model(a.model_dir, a.preset)]})
         after_start = gpu_memory()
@@ -263,15 +275,12 @@ def cmd_shared_card(a) -> dict:
             answers.append({"clip_s": seconds, "status": r.status_code, "duration": r.json().get("duration"), "text_chars": len(r.json().get("text", ""))})
         load = asyncio.run(run_load(http_sender(base, CASES[10]), [maker.clip(10) for _ in range(64)], 32))
         during = gpu_memory()
-    finally:
-        neighbour.terminate()
-        neighbour.wait(30)
-    ours = [p for p in during["processes"] if p["pid"] != neighbour.pid]
+    ours = [p for p in during["processes"] if p["pid"] != neighbour_pid]
     share_mib = 0.15 * during["total_mib"]
     return {
         "what": "Voxtral-shaped full-size model (dummy weights) at num_gpus 0.15 beside a neighbour holding"
         f" {a.hold_gib} GiB and churning {a.churn_gib} GiB",
-        "neighbour_pid": neighbour.pid,
+        "neighbour_pid": neighbour_pid,
         "memory_before_our_app": before,
         "memory_after_start": after_start,
         "memory_under_load": during,
@@ -281,6 +290,22 @@ def cmd_shared_card(a) -> dict:
         "answers": answers,
         "load_c32_10s": load,
     }
+
+
+class GpuMemoryPeak(PeriodicSampler):
+    """The most the card's processes but ``exclude`` held at once (``peak_mib``) and each of them held
+    (``peak_mib_by_pid``), by nvidia-smi every ``period_s`` while in use."""
+
+    period_s = 0.5
+
+    def __init__(self, exclude: set[int] = frozenset()):
+        self.exclude, self.peak_mib, self.peak_mib_by_pid = exclude, 0, {}
+
+    def sample(self) -> None:
+        ours = [p for p in gpu_memory().get("processes", []) if p["pid"] not in self.exclude]
+        self.peak_mib = max(self.peak_mib, sum(p["used_mib"] for p in ours))
+        for proc in ours:
+            self.peak_mib_by_pid[proc["pid"]] = max(self.peak_mib_by_pid.get(proc["pid"], 0), proc["used_mib"])
 
 
 class GpuUtilization:

@@ -17,7 +17,9 @@ Servers, one after another on the same card (each stopped before the next starts
 Every server gets the same clips and the same chat request (``max_tokens`` fixed per clip length, greedy), and each
 answer must carry exactly that many completion tokens, so every server does the same work. Each server's greedy
 answers to the same few clips are recorded (``greedy_texts``), so a lever that should leave the output unchanged is
-checked against the product's (``same_text_as_product``). All traffic goes to 127.0.0.1.
+checked against the product's (``same_text_as_product``). The product's processes' most memory on the card is sampled
+all along (``gpu_memory_peak``), beside a neighbour that holds ``--neighbour-gib`` of it if asked. All traffic goes to
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -35,10 +38,12 @@ from pathlib import Path
 from benchmarks.bench_gpu import (
     CASES,
     PRESETS,
+    GpuMemoryPeak,
     apply_product_env,
     gpu_memory,
     http_sender,
     matrix,
+    neighbour,
     product_chunking,
     start_serve,
     throughput_128,
@@ -148,23 +153,28 @@ def run_product(a, maker: ClipMaker, lever: dict) -> dict:
     deployment = {k: v for k, v in lever.items() if k in ("replicas", "num_gpus")}
     model = voxtral_model(a.model_dir, "default", overrides=overrides, **deployment)
     ingress = {"deployment": {"num_replicas": 4, "max_ongoing_requests": 512, "ray_actor_options": {"num_cpus": 1}}}
-    started = time.perf_counter()
     # Random weights loop at once: the chat's runaway cut would stop each answer early (less work than the peers do).
     chat = {"cut_repetitions": False}
-    base = start_serve({"models": [model], "ingress": ingress, "chunking": product_chunking(), "chat": chat})
-    row = {
-        "start_s": round(time.perf_counter() - started, 1),
-        "engine": model["voxtral"],
-        "chat": chat,
-        "deployment": model["deployment"],
-    }
-    row["gpu_memory_serving"] = gpu_memory()
-    try:
-        senders = {"transcriptions": lambda t: http_sender(base, t), "chat": lambda t: chat_sender(base, t)}
-        row |= measure(base, senders, maker, a, with_throughput=True)
-        row["gpu_memory_after_load"] = gpu_memory()
-    finally:
-        stop_local_serve()
+    beside = neighbour(a.neighbour_gib, a.churn_gib) if a.neighbour_gib else contextlib.nullcontext()
+    with beside as neighbour_pid, GpuMemoryPeak(exclude={neighbour_pid}) as peak:
+        started = time.perf_counter()
+        base = start_serve({"models": [model], "ingress": ingress, "chunking": product_chunking(), "chat": chat})
+        row = {
+            "start_s": round(time.perf_counter() - started, 1),
+            "engine": model["voxtral"],
+            "chat": chat,
+            "deployment": model["deployment"],
+        }
+        row["gpu_memory_serving"] = gpu_memory()
+        try:
+            senders = {"transcriptions": lambda t: http_sender(base, t), "chat": lambda t: chat_sender(base, t)}
+            row |= measure(base, senders, maker, a, with_throughput=True)
+            row["gpu_memory_after_load"] = gpu_memory()
+        finally:
+            stop_local_serve()
+    share_mib = round(0.15 * row["gpu_memory_serving"].get("total_mib", 0))  # of nvidia-smi's total, not torch's
+    row["gpu_memory_peak"] = {"neighbour_gib": a.neighbour_gib, "ours_mib": peak.peak_mib, "ours_mib_by_pid": peak.peak_mib_by_pid,
+                              "share_mib": share_mib, "within_share": peak.peak_mib <= share_mib}  # fmt: skip
     return row
 
 
@@ -228,6 +238,8 @@ def main() -> None:
         default="{}",
         help="product-lever: merged into the product's voxtral settings (replicas, num_gpus: its deployment)",
     )
+    p.add_argument("--neighbour-gib", type=float, default=0, help="product: another process holds this much of the card")
+    p.add_argument("--churn-gib", type=float, default=4, help="... and churns this much more")
     a = p.parse_args()
     a.concurrencies = [int(c) for c in a.concurrency.split(",")]
     apply_serve_env()

@@ -15,9 +15,10 @@ Measured, per round and overall:
   ``partial_decode_s`` times every partial decode the same way, whether or not its text agreed enough to send
   (random weights never agree, so on them only this one fills);
 * ``sessions_sustained``: sessions whose every utterance completed and that saw no error;
-* CPU seconds per session-second of the ingress and model replicas, the benchmark client's own cores (its single
-  event loop times every event, so near 1.0 its own lag enters the latencies), the VAD's own cost per session (the streaming
-  VAD and turn detector run in this process over the same stream), and the ingress replica's RSS after each round.
+* CPU seconds per session-second of the ingress and model replicas, the benchmark client's own cores (each client
+  process's single event loop times its events, so near 1.0 its own lag enters the latencies: ``--client-processes``
+  splits the sessions over more), the VAD's own cost per session (the streaming VAD and turn detector run in this
+  process over the same stream), and the ingress replica's RSS after each round.
 
     .venv/bin/python -m benchmarks.bench_realtime --sessions 4 --rounds 3 --out benchmarks/results/realtime_cpu.json
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import time
 import urllib.request
@@ -43,6 +45,7 @@ from benchmarks import local_serve  # noqa: F401  (sets Serve's environment befo
 from benchmarks.common import (
     REPO,
     SHARED_AUDIO,
+    PeriodicSampler,
     app_args,
     command_line,
     machine_info,
@@ -111,12 +114,30 @@ def sustained(run: Run) -> bool:
     return bool(started) and started <= completed and not run.of("error") and not run.of(ITEM + "failed")
 
 
-async def one_round(url: str, audios: list, speed: float) -> list[Run]:
-    async def session(i: int):
+async def one_round(url: str, audios: list[np.ndarray], speed: float) -> list[Run]:
+    async def session(audio: np.ndarray):
         await asyncio.sleep(random.random())
-        return await stream(url, audios[i].audio, fmt=FORMAT, speed=speed, settle_s=60)
+        return await stream(url, audio, fmt=FORMAT, speed=speed, settle_s=60)
 
-    return await asyncio.gather(*(session(i) for i in range(len(audios))))
+    return await asyncio.gather(*(session(a) for a in audios))
+
+
+def client_part(url: str, audios: list[np.ndarray], speed: float) -> tuple[list[Run], float]:
+    """One client process's share of a round: its sessions' runs and the CPU seconds it spent on them."""
+    started = time.process_time()
+    runs = asyncio.run(one_round(url, audios, speed))
+    return runs, time.process_time() - started
+
+
+def client_round(pool, n: int, url: str, audios: list[np.ndarray], speed: float) -> tuple[list[Run], list[float]]:
+    """A round's sessions split over ``n`` client processes of ``pool`` (None: this process alone), runs in the
+    order of ``audios``, and each process's CPU seconds."""
+    if pool is None:
+        runs, cpu = client_part(url, audios, speed)
+        return runs, [cpu]
+    parts = [audios[len(audios) * i // n : len(audios) * (i + 1) // n] for i in range(n)]
+    done = list(pool.map(client_part, [url] * n, parts, [speed] * n))
+    return [r for runs, _ in done for r in runs], [cpu for _, cpu in done]
 
 
 def vad_cost(audio: np.ndarray) -> float:
@@ -198,6 +219,30 @@ def since(after: dict[str, dict[float, float]], before: dict[str, dict[float, fl
     }
 
 
+SERVE_GAUGES = {  # Serve's own gauges of the model deployment: how full it was, and whether its callers waited
+    "model_replica_ongoing": "serve_replica_processing_queries",
+    "router_queued": "serve_deployment_queued_queries",
+    "router_tasks_in_backoff": "serve_num_scheduling_tasks_in_backoff",
+}
+
+
+class GaugePeaks(PeriodicSampler):
+    """The highest value each of ``SERVE_GAUGES`` showed for the model deployment (summed over its replicas and
+    callers) while in use, scraped every second; Ray refreshes them every few seconds, so these are samples."""
+
+    def __init__(self, metrics_url: str):
+        self.metrics_url, self.peaks = metrics_url, {k: 0.0 for k in SERVE_GAUGES}
+
+    def sample(self) -> None:
+        try:
+            body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        except OSError:
+            return
+        for key, name in SERVE_GAUGES.items():
+            lines = [x for x in body.splitlines() if x.startswith(f"ray_{name}{{") and 'deployment="model-' in x]
+            self.peaks[key] = max(self.peaks[key], sum(float(x.rsplit(" ", 1)[1]) for x in lines))
+
+
 def summary(values: list[float]) -> dict:
     return {"n": len(values), "p50": round(percentile(values, 50), 3), "p95": round(percentile(values, 95), 3), "max": round(max(values), 3) if values else None}
 
@@ -210,28 +255,48 @@ def run(args) -> dict:
     serve_args = app_args(args.config, args.app)
     if args.partial_interval is not None:
         serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
+    for model in serve_args.get("models", []):
+        if "voxtral" in model:
+            model["voxtral"] |= json.loads(args.engine_json)
     metrics_port = free_port()
     port = start_local_serve(num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
+    pool = None
     try:
         run_app(serve_args)
         url = f"ws://127.0.0.1:{port}/v1/realtime?intent=transcription"
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-        asyncio.run(one_round(url, audios[:1], speed=0))  # warm: every path once
+        asyncio.run(one_round(url, [audios[0].audio], speed=0))  # warm: every path once
         time.sleep(args.metrics_wait_s)
-        steps = [measure(args, url, audios[:k], metrics_url) for k in args.sessions]
+        pool = client_pool(args.client_processes)
+        steps = [measure(args, pool, url, audios[:k], metrics_url) for k in args.sessions]
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         stop_local_serve()
     return {
         "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
         "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
                    "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
+                   "engine_json": json.loads(args.engine_json),
                    "models": [m.get("name") for m in serve_args.get("models", [])]},
         "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
         **(steps[0] if len(steps) == 1 else {"by_sessions": steps}),
     }  # fmt: skip
 
 
-def measure(args, url: str, audios: list, metrics_url: str) -> dict:
+def client_pool(processes: int):
+    """Client processes started before any round (spawned, so their start-up is not timed); None for one."""
+    if processes <= 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    list(pool.map(time.sleep, [0.5] * processes))  # every worker up and imported
+    return pool
+
+
+def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
     """``args.rounds`` rounds of ``len(audios)`` sessions on the app at ``url``; the server's histograms count only
     these rounds (scraped before and after, with Ray's export delay waited out)."""
     processes = replica_processes("stt")
@@ -239,10 +304,11 @@ def measure(args, url: str, audios: list, metrics_url: str) -> dict:
     before = server_histograms(metrics_url)
     rounds, all_latencies, rss = [], {}, []
     for r in range(args.rounds):
-        cpu_before, client_before, started = cpu_seconds(processes), time.process_time(), time.monotonic()
-        runs = asyncio.run(one_round(url, audios, args.speed))
+        cpu_before, started = cpu_seconds(processes), time.monotonic()
+        with GaugePeaks(metrics_url) as gauges:
+            runs, client_cpu_s = client_round(pool, args.client_processes, url, [a.audio for a in audios], args.speed)
         wall = time.monotonic() - started
-        client_cpu = (time.process_time() - client_before) / wall  # one core: the client's own events lag past ~1
+        client_cpu = max(client_cpu_s) / wall  # the busiest client process: its own events lag past ~1 core
         cpu = {k: (v - cpu_before[k]) / (wall * len(runs)) for k, v in cpu_seconds(processes).items()}
         latencies: dict[str, list[float]] = {}
         for run_, spans in zip(runs, speech_spans):
@@ -254,6 +320,7 @@ def measure(args, url: str, audios: list, metrics_url: str) -> dict:
             "round": r, "wall_s": round(wall, 1), "sessions_sustained": sum(map(sustained, runs)), "sessions": len(runs),
             "utterances": sum(len(x.of(ITEM + "completed")) for x in runs),
             "cpu_core_per_session": {k: round(v, 4) for k, v in cpu.items()}, "client_cpu_core": round(client_cpu, 3),
+            "client_processes": len(client_cpu_s), "model_gauge_peaks": gauges.peaks,
             **{k: summary(v) for k, v in latencies.items()},
         })  # fmt: skip
     time.sleep(args.metrics_wait_s)  # Ray exports metrics every few seconds
@@ -280,12 +347,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--speed", type=float, default=1.0, help="x real time")
     p.add_argument("--partial-interval", type=float, default=None, help="override realtime.partial_interval_s")
+    p.add_argument("--engine-json", default="{}", help="merged into each Voxtral model's settings, e.g. '{\"scheduling_policy\": \"priority\"}'")
     p.add_argument("--num-cpus", type=float, default=None, help="the local cluster's logical CPUs (default: the machine's)")
+    p.add_argument("--client-processes", type=int, default=1, help="split each round's sessions over this many client processes")
     p.add_argument("--metrics-wait-s", type=float, default=12.0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    if max(args.sessions) > 512 or len(args.sessions) > 8 or args.rounds > 20:
-        raise SystemExit("bounded: at most 512 sessions, 8 session counts and 20 rounds")
+    if max(args.sessions) > 512 or len(args.sessions) > 8 or args.rounds > 20 or not 1 <= args.client_processes <= 16:
+        raise SystemExit("bounded: at most 512 sessions, 8 session counts, 20 rounds and 16 client processes")
     write_result(args.out, run(args))
 
 

@@ -13,6 +13,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +145,26 @@ def english_normaliser():
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+
+class PeriodicSampler:
+    """Calls ``sample`` every ``period_s`` seconds on a thread of its own while in use (``with``)."""
+
+    period_s = 1.0
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.period_s):
+            self.sample()
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()

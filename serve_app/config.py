@@ -101,7 +101,8 @@ class VoxtralConfig(Strict):
     # memory (~112 MiB a window) comes out of the KV cache: serve_config.yaml pairs 4 with FP8 weights.
     encoder_cuda_graphs: int = Field(0, ge=0, le=64)
     # "priority": previews (realtime partial decodes) wait behind full requests in the engine's queue, and are
-    # preempted first when the KV cache runs short. "fcfs": every request in arrival order.
+    # preempted first when the KV cache runs short. "fcfs": every request in arrival order. Measured on an H100 at
+    # 64 sessions with partials: no gain (benchmarks/NOTES-gpu.md, tenth session), as previews never queue now.
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     device: Literal["auto", "cuda", "cpu"] = "auto"
     # GPU memory: the share of the card this replica may use (defaults to its num_gpus) and the KV cache bytes.

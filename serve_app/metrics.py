@@ -157,6 +157,9 @@ class RealtimeMetrics:
             description="Audio received to the end of the partial decode over it, whether or not it changed the text.",
             boundaries=REALTIME_BUCKETS,
         )
+        self.partials_skipped = Counter(
+            "stt_realtime_partials_skipped", description="Partial decodes the model skipped while busy with full requests."
+        )
 
     def opened(self) -> None:
         self.sessions.add(1)
@@ -172,6 +175,9 @@ class RealtimeMetrics:
 
     def completed(self, seconds: float) -> None:
         self.final_latency.observe(seconds)
+
+    def partial_skipped(self) -> None:
+        self.partials_skipped.inc()
 
     def partial_decoded(self, seconds: float, text_changed: bool) -> None:
         self.partial_decode.observe(seconds)

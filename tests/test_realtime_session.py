@@ -19,6 +19,7 @@ from serve_app.audio.stream import _G711, StreamDecoder, StreamFormat, _a_law_en
 from serve_app.audio.vad import WINDOW, StreamingVAD, speech_probabilities, speech_regions
 from serve_app.config import AppConfig
 from serve_app.core.types import SAMPLE_RATE, Transcript
+from serve_app.errors import Overloaded
 from serve_app.realtime.client import ITEM, session_update
 from serve_app.realtime.partials import PartialText
 from serve_app.realtime.protocol import EventError, SessionSettings, apply_changes, parse_event
@@ -194,6 +195,34 @@ def test_a_session_streams_partials_then_the_final(clip):
     assert any(e["type"] == ITEM + "delta" for e in events[:stopped]), "partial text while the speaker talks"
     assert "".join(deltas) == completed["transcript"] and len(completed["transcript"].split()) >= 4
     assert completed["usage"]["type"] == "duration" and completed["usage"]["seconds"] > 2
+
+
+@dataclass
+class BusyBackend(WordsBackend):
+    """Refuses every preview as a model busy with full requests does (``Overloaded``); decodes the rest."""
+
+    previews: int = 0
+
+    async def transcribe(self, audio, options) -> Transcript:
+        if options.best_effort:
+            self.previews += 1
+            raise Overloaded("The model is busy with full requests; this preview is skipped.")
+        return await super().transcribe(audio, options)
+
+
+def test_a_skipped_preview_costs_the_session_nothing(clip):
+    backend = BusyBackend()
+    config = AppConfig.model_validate({"models": [{"name": "busy", "backend": "whisper"}], "realtime": {"partial_interval_s": 0.5}})
+    with TestClient(create_app(config, {"busy": backend})) as client:
+        with client.websocket_connect("/v1/realtime?intent=transcription") as ws:
+            assert ws.receive_json()["type"] == "session.created"
+            silence = np.zeros(SAMPLE_RATE, np.float32)
+            _append(ws, np.concatenate([silence, clip, clip, silence]), pace_s=0.01)
+            events = _until(ws, ITEM + "completed")
+    assert backend.previews >= 1
+    assert not [e for e in events if e["type"] in ("error", ITEM + "failed")]
+    delta, completed = [e for e in events if e["type"].startswith(ITEM)]  # no partial text: the final's, whole
+    assert delta["delta"] == completed["transcript"] and len(completed["transcript"].split()) >= 2
 
 
 def test_the_buffer_limit_and_the_idle_timeout_answer_with_errors(clip):

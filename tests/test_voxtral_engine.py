@@ -7,12 +7,13 @@ graphs do not cover (a CPU tensor, another shape) goes to vLLM's own encoder unc
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from importlib.metadata import entry_points
 
 import pytest
 import torch
 
-from serve_app.backends.voxtral import ENGINE_FIELDS, _quantization_args, engine_args
+from serve_app.backends.voxtral import ENGINE_FIELDS, EngineLoad, _quantization_args, engine_args
 from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY, EncoderGraphs
 from serve_app.config import VoxtralConfig
 
@@ -89,3 +90,23 @@ def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_di
     # No CUDA, no graphs: the CPU engine gets vLLM's eager encoder and its own default sizes.
     cpu = engine_args(VoxtralConfig(model=str(tiny_voxtral_dir), encoder_cuda_graphs=4), "cpu", {})
     assert cpu.additional_config == {CONFIG_KEY: 0} and cpu.max_cudagraph_capture_size is None
+
+
+def test_a_preview_is_admitted_only_where_it_starts_at_once_and_leaves_room_for_a_full_request():
+    load = EngineLoad(kv_tokens=10_000, max_seqs=8, max_model_len=2048)
+    assert load.preview_fits(430)
+    with load.holding(7_000):
+        assert load.preview_fits(430)  # 7 000 + 430 + a 2 048-token request fit in 10 000
+        with load.holding(600):
+            assert not load.preview_fits(430)
+        assert load.preview_fits(430)
+    with pytest.raises(RuntimeError):
+        with load.holding(9_000):
+            raise RuntimeError("a failed request gives its room back too")
+    assert (load.tokens, load.requests) == (0, 0)
+    with ExitStack() as stack:
+        for _ in range(6):
+            stack.enter_context(load.holding(1))
+        assert load.preview_fits(1)
+        stack.enter_context(load.holding(1))
+        assert not load.preview_fits(1)  # one of the 8 sequences stays free for full requests

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from typing import AsyncIterator
 
 import numpy as np
@@ -31,7 +32,7 @@ from serve_app.core.types import (
     Transcript,
     duration_of,
 )
-from serve_app.errors import BackendUnavailable, InvalidRequest
+from serve_app.errors import BackendUnavailable, InvalidRequest, Overloaded
 
 log = logging.getLogger("ray.serve")
 
@@ -52,7 +53,10 @@ class VoxtralBackend:
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
-        log.info("voxtral %s loaded on %s in %.1f s (%s)", config.model, self.device, time.perf_counter() - started, memory)
+        cache = self.engine.vllm_config.cache_config
+        self.load = EngineLoad((cache.num_gpu_blocks or 0) * cache.block_size, config.max_num_seqs, config.max_model_len)
+        log.info("voxtral %s loaded on %s in %.1f s (%s; KV cache %d tokens)", config.model, self.device,
+                 time.perf_counter() - started, memory, self.load.kv_tokens)  # fmt: skip
 
     def _memory_args(self, gpu_share: float | None) -> dict:
         if self.device == "cpu":
@@ -76,6 +80,8 @@ class VoxtralBackend:
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
+        if options.best_effort and not self.load.preview_fits(len(prompt["prompt_token_ids"]) + max_tokens):
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         priority = 1 if options.best_effort and self.config.scheduling_policy == "priority" else 0
         text, usage = await self._complete(prompt, max_tokens, options, priority)
         text = text.strip()
@@ -175,8 +181,9 @@ class VoxtralBackend:
             n = len(prompt["multi_modal_data"]["audio"])
             prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
-            async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
-                yield output
+            with self.load.holding(len(prompt["prompt_token_ids"]) + params.max_tokens):
+                async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
+                    yield output
         except asyncio.CancelledError:
             await self.engine.abort(rid)
             raise
@@ -186,6 +193,30 @@ class VoxtralBackend:
             if isinstance(e, EngineDeadError):
                 raise BackendUnavailable("The vLLM engine died; the replica is being replaced.") from None
             raise
+
+
+class EngineLoad:
+    """What the engine's requests in flight will hold at their end: KV cache tokens (prompt, audio included, plus
+    the most they may generate) and sequences. A preview (a realtime partial) is admitted only when it can start at
+    once beside them and still leave one request of the longest context room, so the previews of many sessions
+    never fill the cache that the finals need; a skipped preview costs nothing (the next one comes)."""
+
+    def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int):
+        self.kv_tokens, self.max_seqs, self.reserve = kv_tokens, max_seqs, max_model_len
+        self.tokens = self.requests = 0
+
+    def preview_fits(self, tokens: int) -> bool:
+        return self.requests + 1 < self.max_seqs and self.tokens + tokens + self.reserve <= self.kv_tokens
+
+    @contextmanager
+    def holding(self, tokens: int):
+        self.tokens += tokens
+        self.requests += 1
+        try:
+            yield
+        finally:
+            self.tokens -= tokens
+            self.requests -= 1
 
 
 def check_options(options: TranscribeOptions | ChatOptions) -> None:

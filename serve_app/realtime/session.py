@@ -19,7 +19,7 @@ from serve_app.audio.stream import StreamDecoder
 from serve_app.config import LimitsConfig, RealtimeConfig
 from serve_app.core.transcriber import Transcriber, consume_outcome
 from serve_app.core.types import SAMPLE_RATE, TranscribeOptions
-from serve_app.errors import APIError
+from serve_app.errors import APIError, Overloaded
 from serve_app.realtime.buffer import SampleBuffer
 from serve_app.realtime.partials import PartialText
 from serve_app.realtime.protocol import (
@@ -284,8 +284,10 @@ class RealtimeSession:
         try:
             options = replace(self._options(settings), best_effort=True)
             transcript = await self.transcribers[settings.model].transcribe(audio, options)
-        except APIError:
-            return  # a partial is a preview: the final decode reports what fails
+        except APIError as e:  # a partial is a preview: the final decode reports what fails
+            if isinstance(e, Overloaded) and self.metrics:
+                self.metrics.partial_skipped()
+            return
         delta = u.partial.update(transcript.text)
         sent = bool(delta) and self.utterance is u
         if sent:
