@@ -255,9 +255,10 @@ def run(args) -> dict:
     serve_args = app_args(args.config, args.app)
     if args.partial_interval is not None:
         serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
+    engine = json.loads(args.engine_json)
     for model in serve_args.get("models", []):
         if "voxtral" in model:
-            model["voxtral"] |= json.loads(args.engine_json)
+            model["voxtral"] |= engine
     metrics_port = free_port()
     port = start_local_serve(num_cpus=args.num_cpus, _metrics_export_port=metrics_port)
     pool = None
@@ -277,7 +278,7 @@ def run(args) -> dict:
         "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
         "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
                    "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
-                   "engine_json": json.loads(args.engine_json),
+                   "engine_json": engine,
                    "models": [m.get("name") for m in serve_args.get("models", [])]},
         "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
         **(steps[0] if len(steps) == 1 else {"by_sessions": steps}),

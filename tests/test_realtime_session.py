@@ -162,9 +162,9 @@ class WordsBackend:
         return None
 
 
-def _app(**realtime) -> TestClient:
+def _app(backend=None, **realtime) -> TestClient:
     config = AppConfig.model_validate({"models": [{"name": "words", "backend": "whisper"}], "realtime": realtime})
-    return TestClient(create_app(config, {"words": WordsBackend()}))
+    return TestClient(create_app(config, {"words": backend or WordsBackend()}))
 
 
 def _append(ws, audio: np.ndarray, fmt=StreamFormat(), step_s: float = 0.1, pace_s: float = 0.0) -> None:
@@ -212,13 +212,11 @@ class BusyBackend(WordsBackend):
 
 def test_a_skipped_preview_costs_the_session_nothing(clip):
     backend = BusyBackend()
-    config = AppConfig.model_validate({"models": [{"name": "busy", "backend": "whisper"}], "realtime": {"partial_interval_s": 0.5}})
-    with TestClient(create_app(config, {"busy": backend})) as client:
-        with client.websocket_connect("/v1/realtime?intent=transcription") as ws:
-            assert ws.receive_json()["type"] == "session.created"
-            silence = np.zeros(SAMPLE_RATE, np.float32)
-            _append(ws, np.concatenate([silence, clip, clip, silence]), pace_s=0.01)
-            events = _until(ws, ITEM + "completed")
+    with _app(backend, partial_interval_s=0.5).websocket_connect("/v1/realtime?intent=transcription") as ws:
+        assert ws.receive_json()["type"] == "session.created"
+        silence = np.zeros(SAMPLE_RATE, np.float32)
+        _append(ws, np.concatenate([silence, clip, clip, silence]), pace_s=0.01)
+        events = _until(ws, ITEM + "completed")
     assert backend.previews >= 1
     assert not [e for e in events if e["type"] in ("error", ITEM + "failed")]
     delta, completed = [e for e in events if e["type"].startswith(ITEM)]  # no partial text: the final's, whole
