@@ -13,12 +13,14 @@ Measured, per round and overall:
 * ``onset_to_speech_started_s``: from sending a clip's first speech to ``speech_started``;
 * ``partial_lag_s``: the server's own histogram (audio received -> the delta that covers it), from Ray's metrics;
   ``partial_decode_s`` times every partial decode the same way, whether or not its text agreed enough to send
-  (random weights never agree, so on them only this one fills);
+  (random weights never agree, so on them only this one fills); ``partials_skipped`` counts the previews a busy
+  model refused (the session skips them; the next comes one interval later);
 * ``sessions_sustained``: sessions whose every utterance completed and that saw no error;
 * CPU seconds per session-second of the ingress and model replicas, the benchmark client's own cores (each client
   process's single event loop times its events, so near 1.0 its own lag enters the latencies: ``--client-processes``
   splits the sessions over more), the VAD's own cost per session (the streaming VAD and turn detector run in this
-  process over the same stream), and the ingress replica's RSS after each round.
+  process over the same stream, which also counts the turns a session's audio holds: the model decodes per
+  utterance, one per ``pausing``, are what the engine is offered), and the ingress replica's RSS after each round.
 
     .venv/bin/python -m benchmarks.bench_realtime --sessions 4 --rounds 3 --out benchmarks/results/realtime_cpu.json
 
@@ -56,6 +58,7 @@ from benchmarks.common import (
 from fixtures.assembled_audio import assemble
 from serve_app.audio.stream import StreamDecoder, StreamFormat, encode
 from serve_app.audio.vad import WINDOW, speech_probabilities, speech_regions
+from serve_app.config import RealtimeConfig
 from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.client import ITEM, Run, stream
 from serve_app.realtime.protocol import TurnDetection
@@ -140,14 +143,17 @@ def client_round(pool, n: int, url: str, audios: list[np.ndarray], speed: float)
     return [r for runs, _ in done for r in runs], [cpu for _, cpu in done]
 
 
-def vad_cost(audio: np.ndarray) -> float:
-    """CPU seconds per audio second of one session's decoding, streaming VAD and turn detection (100 ms appends)."""
-    decoder, detector = StreamDecoder(FORMAT), TurnDetector(TurnDetection())
+def vad_pass(audio: np.ndarray, pause_ms: int) -> tuple[float, dict[str, int]]:
+    """One session's decoding, streaming VAD and turn detection (100 ms appends) as the server runs them: CPU seconds
+    per audio second, and the turns found (each ``pausing`` starts a final decode early, each ``resumed`` drops it)."""
+    decoder, detector = StreamDecoder(FORMAT), TurnDetector(TurnDetection(), pause_ms)
     pieces = [encode(audio[i : i + 1600], FORMAT) for i in range(0, len(audio), 1600)]
+    turns: dict[str, int] = {}
     started = time.process_time()
     for piece in pieces:
-        detector.push(decoder.decode(piece))
-    return (time.process_time() - started) / (len(audio) / SAMPLE_RATE)
+        for turn in detector.push(decoder.decode(piece)):
+            turns[turn.kind] = turns.get(turn.kind, 0) + 1
+    return (time.process_time() - started) / (len(audio) / SAMPLE_RATE), turns
 
 
 def replica_processes(app: str) -> dict[str, list]:
@@ -211,6 +217,13 @@ def server_histograms(metrics_url: str) -> dict[str, dict[float, float]]:
     return {key: histogram_buckets(metrics_url, name) for key, name in SERVER_HISTOGRAMS.items()}
 
 
+def partials_skipped(metrics_url: str) -> float:
+    """Previews the model refused while busy (``stt_realtime_partials_skipped``), summed over replicas."""
+    body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    name = "ray_stt_realtime_partials_skipped_total"
+    return sum(float(x.rsplit(" ", 1)[1]) for x in body.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
+
+
 def since(after: dict[str, dict[float, float]], before: dict[str, dict[float, float]]) -> dict[str, dict]:
     """Each histogram's summary over the observations between two scrapes."""
     return {
@@ -255,6 +268,8 @@ def run(args) -> dict:
     serve_args = app_args(args.config, args.app)
     if args.partial_interval is not None:
         serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
+    if args.early_final_pause_ms is not None:
+        serve_args.setdefault("realtime", {})["early_final_pause_ms"] = args.early_final_pause_ms
     engine = json.loads(args.engine_json)
     for model in serve_args.get("models", []):
         if "voxtral" in model:
@@ -274,13 +289,15 @@ def run(args) -> dict:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         stop_local_serve()
+    vad_cpu, turns = vad_pass(audios[0].audio, RealtimeConfig.model_validate(serve_args.get("realtime", {})).early_final_pause_ms)
     return {
         "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
         "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
                    "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
                    "engine_json": engine,
                    "models": [m.get("name") for m in serve_args.get("models", [])]},
-        "vad_cpu_core_per_session": round(vad_cost(audios[0].audio), 5),
+        "vad_cpu_core_per_session": round(vad_cpu, 5),
+        "session_audio_s": round(len(audios[0].audio) / SAMPLE_RATE, 1), "turns_per_session": turns,
         **(steps[0] if len(steps) == 1 else {"by_sessions": steps}),
     }  # fmt: skip
 
@@ -302,7 +319,7 @@ def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
     these rounds (scraped before and after, with Ray's export delay waited out)."""
     processes = replica_processes("stt")
     speech_spans = [true_speech(a) for a in audios]
-    before = server_histograms(metrics_url)
+    before, skipped_before = server_histograms(metrics_url), partials_skipped(metrics_url)
     rounds, all_latencies, rss = [], {}, []
     for r in range(args.rounds):
         cpu_before, started = cpu_seconds(processes), time.monotonic()
@@ -329,6 +346,7 @@ def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
         "sessions": len(audios),
         "overall": {k: summary(v) for k, v in all_latencies.items()},
         **since(server_histograms(metrics_url), before),
+        "partials_skipped (server)": int(partials_skipped(metrics_url) - skipped_before),
         "ingress_rss_mib_after_each_round": rss,
         "rounds": rounds,
     }
@@ -348,6 +366,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--speed", type=float, default=1.0, help="x real time")
     p.add_argument("--partial-interval", type=float, default=None, help="override realtime.partial_interval_s")
+    p.add_argument("--early-final-pause-ms", type=int, default=None, help="override realtime.early_final_pause_ms")
     p.add_argument("--engine-json", default="{}", help="merged into each Voxtral model's settings, e.g. '{\"scheduling_policy\": \"priority\"}'")
     p.add_argument("--num-cpus", type=float, default=None, help="the local cluster's logical CPUs (default: the machine's)")
     p.add_argument("--client-processes", type=int, default=1, help="split each round's sessions over this many client processes")

@@ -227,6 +227,13 @@ class RealtimeConfig(Strict):
     max_message_bytes: int = Field(1 << 20, ge=1024, description="largest client event, in bytes")
     max_utterance_s: float = Field(30.0, gt=1)
     partial_interval_s: float = Field(1.0, ge=0)
+    early_final_pause_ms: int = Field(
+        192,
+        ge=32,
+        description="the final decode starts once the speaker has paused this long, before speech_stopped, and is"
+        " dropped if speech resumes: shorter finishes finals sooner on an idle model, longer drops fewer decodes under"
+        " load (benchmarks/bench_turns.py); at or past the session's silence_duration_ms it starts one window before",
+    )
 
 
 class AuthConfig(Strict):

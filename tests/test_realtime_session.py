@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ from serve_app.api.factory import create_app
 from serve_app.audio.decode import decode_audio
 from serve_app.audio.stream import _G711, StreamDecoder, StreamFormat, _a_law_encode, _mu_law_encode, encode
 from serve_app.audio.vad import WINDOW, StreamingVAD, speech_probabilities, speech_regions
-from serve_app.config import AppConfig
+from serve_app.config import AppConfig, RealtimeConfig
 from serve_app.core.types import SAMPLE_RATE, Transcript
 from serve_app.errors import Overloaded
 from serve_app.realtime.client import ITEM, session_update
@@ -88,7 +88,7 @@ def test_speech_start_is_found_within_100_ms_of_the_onset_and_the_stop_after_the
     audio = np.concatenate([np.zeros(lead, np.float32), clip, np.zeros(tail, np.float32)])
     regions = speech_regions(speech_probabilities(audio), 0.5, 10, 3)  # the file path's view of the same audio
     onset, offset = regions[0][0] * WINDOW, regions[-1][1] * WINDOW
-    detector, seen = TurnDetector(SessionSettings(model="m").turn_detection), []
+    detector, seen = TurnDetector(SessionSettings(model="m").turn_detection, RealtimeConfig().early_final_pause_ms), []
     for i in range(0, len(audio), 320):  # 20 ms appends, as telephony sends them
         seen += [(t.kind, t.sample, i + 320) for t in detector.push(audio[i : i + 320])]
     kinds = [k for k, _, _ in seen if k in ("started", "stopped")]
@@ -101,6 +101,19 @@ def test_speech_start_is_found_within_100_ms_of_the_onset_and_the_stop_after_the
     assert received - onset <= 0.1 * SAMPLE_RATE, "speech_started is known within 100 ms of the onset"
     _, stop, _ = seen[-1]
     assert offset + 0.5 * SAMPLE_RATE - 2 * WINDOW <= stop <= offset + 0.5 * SAMPLE_RATE + 8 * WINDOW
+
+
+def test_the_early_final_decode_starts_at_the_pause_length_it_is_given(clip):
+    audio = np.concatenate([np.zeros(SAMPLE_RATE, np.float32), clip, np.zeros(2 * SAMPLE_RATE, np.float32)])
+    started = {}
+    for pause_ms, windows in ((192, 6), (320, 10)):
+        detector, seen = TurnDetector(SessionSettings(model="m").turn_detection, pause_ms), []
+        for i in range(0, len(audio), 1600):
+            seen += [(t.kind, t.sample) for t in detector.push(audio[i : i + 1600])]
+        stops = [i for i, (kind, _) in enumerate(seen) if kind == "stopped"]
+        assert stops and all(seen[i - 1] == ("pausing", seen[i][1] - (16 - windows) * WINDOW) for i in stops)
+        started[pause_ms] = sum(kind == "pausing" for kind, _ in seen)
+    assert started[320] <= started[192]  # a later start is dropped less often when speech resumes
 
 
 def test_partial_text_is_append_only_and_spells_the_final():
@@ -221,6 +234,30 @@ def test_a_skipped_preview_costs_the_session_nothing(clip):
     assert not [e for e in events if e["type"] in ("error", ITEM + "failed")]
     delta, completed = [e for e in events if e["type"].startswith(ITEM)]  # no partial text: the final's, whole
     assert delta["delta"] == completed["transcript"] and len(completed["transcript"].split()) >= 2
+
+
+@dataclass
+class LengthsBackend(WordsBackend):
+    """Records the length of the audio of each final decode."""
+
+    lengths: list = field(default_factory=list)
+
+    async def transcribe(self, audio, options) -> Transcript:
+        self.lengths.append(len(audio))
+        return await super().transcribe(audio, options)
+
+
+def test_the_final_decode_starts_after_the_configured_pause(clip):
+    last = {}
+    for pause_ms in (192, 448):
+        backend = LengthsBackend()
+        with _app(backend, partial_interval_s=0, early_final_pause_ms=pause_ms).websocket_connect("/v1/realtime?intent=transcription") as ws:
+            assert ws.receive_json()["type"] == "session.created"
+            _append(ws, np.concatenate([np.zeros(SAMPLE_RATE, np.float32), clip, np.zeros(SAMPLE_RATE, np.float32)]))
+            _until(ws, ITEM + "completed")
+        last[pause_ms] = backend.lengths[-1]  # the decode begun at the pause that ended the utterance
+    # the model's stream may trail the detector's by the resampler's hold-back (up to 38 ms at 24 kHz)
+    assert abs(last[448] - last[192] - (448 - 192) * SAMPLE_RATE // 1000) <= 0.04 * SAMPLE_RATE
 
 
 def test_the_buffer_limit_and_the_idle_timeout_answer_with_errors(clip):

@@ -80,8 +80,6 @@ class VoxtralBackend:
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
-        if options.best_effort and not self.load.preview_fits(len(prompt["prompt_token_ids"]) + max_tokens):
-            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         priority = 1 if options.best_effort and self.config.scheduling_policy == "priority" else 0
         text, usage = await self._complete(prompt, max_tokens, options, priority)
         text = text.strip()
@@ -141,6 +139,8 @@ class VoxtralBackend:
 
         kind = RequestOutputKind.FINAL_ONLY
         params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
+        if options.best_effort and not self.load.preview_fits(len(prompt["prompt_token_ids"]) + params.max_tokens):
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         token_ids: list[int] = []
         async for output in self._run(prompt, params, options.request_id, priority):
             token_ids = output.outputs[0].token_ids

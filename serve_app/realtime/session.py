@@ -71,7 +71,7 @@ class RealtimeSession:
         self.buffer = SampleBuffer()
         self.decoder, self.vad_decoder = _decoders(settings)
         self.vad_position = 0  # samples the turn detector's stream has had (it runs ahead of the model's)
-        self.turns = TurnDetector(settings.turn_detection) if settings.turn_detection else None
+        self.turns = self._turn_detector(settings)
         self.utterance: Utterance | None = None
         self.previous_item_id: str | None = None
         self.tasks: set[asyncio.Task] = set()
@@ -131,7 +131,7 @@ class RealtimeSession:
             self.decoder, self.vad_decoder = _decoders(settings)
         if settings.turn_detection != self.settings.turn_detection:
             self._end_speech_silently()
-            self.turns = TurnDetector(settings.turn_detection, self.vad_position) if settings.turn_detection else None
+            self.turns = self._turn_detector(settings, self.vad_position)
         self.settings = settings
         self.events.beta = event.beta
         self.emit(self.events.session("updated", settings))
@@ -306,6 +306,11 @@ class RealtimeSession:
 
     def _partial_step(self) -> int:
         return int(self.config.partial_interval_s * SAMPLE_RATE)
+
+    def _turn_detector(self, settings: SessionSettings, origin: int = 0) -> TurnDetector | None:
+        if not settings.turn_detection:
+            return None
+        return TurnDetector(settings.turn_detection, self.config.early_final_pause_ms, origin)
 
     @staticmethod
     def _ms_samples(ms: int) -> int:

@@ -4,9 +4,9 @@ The rule is the file path's (``audio.vad.speech_regions``), run causally: speech
 windows in a row reach the threshold (one window alone is more often a click than a word), and stops after
 ``silence_duration_ms`` of windows below ``threshold - 0.15``; in between, speech goes on.
 
-Speech is ``pausing`` once ``PAUSE_WINDOWS`` of that silence have passed: the utterance has probably ended, and the
-session starts its final decode then rather than after the whole silence. Any window that is not silent after
-that ``resumed`` it (the decode is dropped); otherwise ``stopped`` follows.
+Speech is ``pausing`` once ``pause_ms`` of that silence have passed (the config's ``early_final_pause_ms``): the
+utterance has probably ended, and the session starts its final decode then rather than after the whole silence. Any
+window that is not silent after that ``resumed`` it (the decode is dropped); otherwise ``stopped`` follows.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.protocol import TurnDetection
 
 START_WINDOWS = 2  # 64 ms
-PAUSE_WINDOWS = 6  # 192 ms: most pauses inside a sentence are shorter
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Turn:
 
 
 class TurnDetector:
-    def __init__(self, settings: TurnDetection, origin: int = 0):
+    def __init__(self, settings: TurnDetection, pause_ms: int, origin: int = 0):
         """``origin``: the stream position of the first sample this detector will be given."""
         self.settings = settings
         self.origin = origin
@@ -42,6 +41,7 @@ class TurnDetector:
         self._window = 0  # index of the next window scored
         self._run = 0  # speech windows in a row (before a start) or silent windows in a row (during speech)
         self._silence_windows = max(1, round(settings.silence_duration_ms * SAMPLE_RATE / 1000 / WINDOW))
+        self._pause_windows = max(1, round(pause_ms * SAMPLE_RATE / 1000 / WINDOW))
         self.pausing = False
 
     def push(self, audio: np.ndarray) -> list[Turn]:
@@ -67,7 +67,7 @@ class TurnDetector:
             if self._run >= self._silence_windows:
                 self.reset()
                 return Turn("stopped", here)
-            if self._run == min(PAUSE_WINDOWS, self._silence_windows - 1):
+            if self._run == min(self._pause_windows, self._silence_windows - 1):
                 self.pausing = True
                 return Turn("pausing", here)
             return None
