@@ -143,10 +143,10 @@ def client_round(pool, n: int, url: str, audios: list[np.ndarray], speed: float)
     return [r for runs, _ in done for r in runs], [cpu for _, cpu in done]
 
 
-def vad_pass(audio: np.ndarray, pause_ms: int) -> tuple[float, dict[str, int]]:
+def vad_pass(audio: np.ndarray, pause_ms: int, settings: TurnDetection = TurnDetection()) -> tuple[float, dict[str, int]]:
     """One session's decoding, streaming VAD and turn detection (100 ms appends) as the server runs them: CPU seconds
     per audio second, and the turns found (each ``pausing`` starts a final decode early, each ``resumed`` drops it)."""
-    decoder, detector = StreamDecoder(FORMAT), TurnDetector(TurnDetection(), pause_ms)
+    decoder, detector = StreamDecoder(FORMAT), TurnDetector(settings, pause_ms)
     pieces = [encode(audio[i : i + 1600], FORMAT) for i in range(0, len(audio), 1600)]
     turns: dict[str, int] = {}
     started = time.process_time()
@@ -180,9 +180,13 @@ SERVER_HISTOGRAMS = {
 }
 
 
-def histogram_buckets(metrics_url: str, name: str) -> dict[float, float]:
-    """A histogram's cumulative bucket counts on Ray's Prometheus endpoint, summed over replicas."""
-    body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+def scrape(metrics_url: str, timeout_s: float = 10) -> str:
+    """Ray's Prometheus endpoint, as text."""
+    return urllib.request.urlopen(metrics_url, timeout=timeout_s).read().decode()
+
+
+def histogram_buckets(body: str, name: str) -> dict[float, float]:
+    """A histogram's cumulative bucket counts in a scrape, summed over replicas."""
     buckets: dict[float, float] = {}
     for line in body.splitlines():
         if line.startswith(f"ray_{name}_bucket{{"):
@@ -213,13 +217,12 @@ def histogram_summary(buckets: dict[float, float]) -> dict:
     return {"count": int(total), "p50": round(quantile(0.5), 3), "p95": round(quantile(0.95), 3)}
 
 
-def server_histograms(metrics_url: str) -> dict[str, dict[float, float]]:
-    return {key: histogram_buckets(metrics_url, name) for key, name in SERVER_HISTOGRAMS.items()}
+def server_histograms(body: str) -> dict[str, dict[float, float]]:
+    return {key: histogram_buckets(body, name) for key, name in SERVER_HISTOGRAMS.items()}
 
 
-def partials_skipped(metrics_url: str) -> float:
-    """Previews the model refused while busy (``stt_realtime_partials_skipped``), summed over replicas."""
-    body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+def partials_skipped(body: str) -> float:
+    """Previews the model refused while busy (``stt_realtime_partials_skipped``) in a scrape, summed over replicas."""
     name = "ray_stt_realtime_partials_skipped_total"
     return sum(float(x.rsplit(" ", 1)[1]) for x in body.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
 
@@ -248,7 +251,7 @@ class GaugePeaks(PeriodicSampler):
 
     def sample(self) -> None:
         try:
-            body = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+            body = scrape(self.metrics_url, timeout_s=5)
         except OSError:
             return
         for key, name in SERVE_GAUGES.items():
@@ -319,7 +322,7 @@ def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
     these rounds (scraped before and after, with Ray's export delay waited out)."""
     processes = replica_processes("stt")
     speech_spans = [true_speech(a) for a in audios]
-    before, skipped_before = server_histograms(metrics_url), partials_skipped(metrics_url)
+    before = scrape(metrics_url)
     rounds, all_latencies, rss = [], {}, []
     for r in range(args.rounds):
         cpu_before, started = cpu_seconds(processes), time.monotonic()
@@ -342,11 +345,12 @@ def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
             **{k: summary(v) for k, v in latencies.items()},
         })  # fmt: skip
     time.sleep(args.metrics_wait_s)  # Ray exports metrics every few seconds
+    after = scrape(metrics_url)
     return {
         "sessions": len(audios),
         "overall": {k: summary(v) for k, v in all_latencies.items()},
-        **since(server_histograms(metrics_url), before),
-        "partials_skipped (server)": int(partials_skipped(metrics_url) - skipped_before),
+        **since(server_histograms(after), server_histograms(before)),
+        "partials_skipped (server)": int(partials_skipped(after) - partials_skipped(before)),
         "ingress_rss_mib_after_each_round": rss,
         "rounds": rounds,
     }

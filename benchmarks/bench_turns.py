@@ -9,8 +9,9 @@ leaves the final less of a head start (``silence_duration_ms`` - pause) before `
 For each pause length, over every recording of the shared set with its own transcript (1 s of silence before, 1.5 s
 after; the two-speaker stereo file left out) and over one session of the realtime benchmark (its English clips with
 1.5 s gaps): utterances (``stopped``), decodes started (``pausing``) and dropped (``resumed``), decodes per utterance,
-and at 256 benchmark sessions the decodes offered to the model per second. No model runs; the audio is streamed to
-the detector in 100 ms pieces, as a session receives it.
+and at 256 benchmark sessions the decodes offered to the model per second. No model runs; the audio reaches the
+detector as a session receives it (``bench_realtime.vad_pass``: 24 kHz PCM in 100 ms appends, decoded by the
+server's stream decoder).
 
     .venv/bin/python -m benchmarks.bench_turns --out benchmarks/results/turns_cpu.json
 """
@@ -22,22 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_realtime import session_audio
+from benchmarks.bench_realtime import session_audio, vad_pass
 from benchmarks.common import SHARED_AUDIO, command_line, machine_info, read_manifest, write_result
 from serve_app.audio.decode import load_file
 from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.protocol import TurnDetection
-from serve_app.realtime.turns import TurnDetector
-
-PIECE = SAMPLE_RATE // 10
-
-
-def count_turns(audio: np.ndarray, pause_ms: int, settings: TurnDetection) -> dict[str, int]:
-    detector, turns = TurnDetector(settings, pause_ms), {}
-    for i in range(0, len(audio), PIECE):
-        for turn in detector.push(audio[i : i + PIECE]):
-            turns[turn.kind] = turns.get(turn.kind, 0) + 1
-    return turns
 
 
 def shared_recordings(audio_dir: Path) -> list[np.ndarray]:
@@ -55,7 +45,7 @@ def shared_recordings(audio_dir: Path) -> list[np.ndarray]:
 def tally(audios: list[np.ndarray], pause_ms: int, settings: TurnDetection) -> dict:
     total: dict[str, int] = {}
     for audio in audios:
-        for kind, n in count_turns(audio, pause_ms, settings).items():
+        for kind, n in vad_pass(audio, pause_ms, settings)[1].items():
             total[kind] = total.get(kind, 0) + n
     utterances, started = total.get("stopped", 0), total.get("pausing", 0)
     return {

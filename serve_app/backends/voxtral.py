@@ -80,8 +80,7 @@ class VoxtralBackend:
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
-        priority = 1 if options.best_effort and self.config.scheduling_policy == "priority" else 0
-        text, usage = await self._complete(prompt, max_tokens, options, priority)
+        text, usage = await self._complete(prompt, max_tokens, options)
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
         # Voxtral detects the language without saying which: a transcript reports only a language it was given.
@@ -131,18 +130,14 @@ class VoxtralBackend:
             raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
         return _prompt(tokenized)
 
-    async def _complete(
-        self, prompt: dict, max_tokens: int, options: TranscribeOptions, priority: int
-    ) -> tuple[str, TokenUsage]:
+    async def _complete(self, prompt: dict, max_tokens: int, options: TranscribeOptions) -> tuple[str, TokenUsage]:
         """One finished answer: the engine neither detokenizes nor sends anything until the request is done."""
         from vllm.sampling_params import RequestOutputKind
 
         kind = RequestOutputKind.FINAL_ONLY
         params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
-        if options.best_effort and not self.load.preview_fits(len(prompt["prompt_token_ids"]) + params.max_tokens):
-            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         token_ids: list[int] = []
-        async for output in self._run(prompt, params, options.request_id, priority):
+        async for output in self._run(prompt, params, options.request_id, options.best_effort):
             token_ids = output.outputs[0].token_ids
         usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
         return self.tokenizer.decode(list(token_ids)), usage
@@ -175,13 +170,20 @@ class VoxtralBackend:
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=kind, detokenize=detokenize
         )
 
-    async def _run(self, prompt: dict, params, request_id: str | None, priority: int = 0):
+    async def _run(self, prompt: dict, params, request_id: str | None, best_effort: bool = False):
+        """The engine's outputs for one request, counted in ``self.load`` while in flight; a ``best_effort`` request
+        (a preview) is refused with ``Overloaded`` where ``EngineLoad`` says it does not fit, and waits behind the
+        rest under the ``priority`` scheduling policy."""
+        tokens = len(prompt["prompt_token_ids"]) + params.max_tokens
+        if best_effort and not self.load.preview_fits(tokens):
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
+        priority = 1 if best_effort and self.config.scheduling_policy == "priority" else 0
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         if "multi_modal_data" in prompt:  # ids instead of hashing megabytes of audio that never repeats
             n = len(prompt["multi_modal_data"]["audio"])
             prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
-            with self.load.holding(len(prompt["prompt_token_ids"]) + params.max_tokens):
+            with self.load.holding(tokens):
                 async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
                     yield output
         except asyncio.CancelledError:
