@@ -53,8 +53,9 @@ class VoxtralBackend:
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
-        cache = self.engine.vllm_config.cache_config
-        self.load = EngineLoad((cache.num_gpu_blocks or 0) * cache.block_size, config.max_num_seqs, config.max_model_len)
+        cache, scheduler = self.engine.vllm_config.cache_config, self.engine.vllm_config.scheduler_config
+        kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
+        self.load = EngineLoad(kv_tokens, config.max_num_seqs, config.max_model_len, scheduler.max_num_batched_tokens)
         log.info("voxtral %s loaded on %s in %.1f s (%s; KV cache %d tokens)", config.model, self.device,
                  time.perf_counter() - started, memory, self.load.kv_tokens)  # fmt: skip
 
@@ -137,7 +138,7 @@ class VoxtralBackend:
         kind = RequestOutputKind.FINAL_ONLY
         params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
         token_ids: list[int] = []
-        async for output in self._run(prompt, params, options.request_id, options.best_effort):
+        async for output in self._run(prompt, params, options.request_id, options.best_effort, options.preview):
             token_ids = output.outputs[0].token_ids
         usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
         return self.tokenizer.decode(list(token_ids)), usage
@@ -170,20 +171,21 @@ class VoxtralBackend:
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=kind, detokenize=detokenize
         )
 
-    async def _run(self, prompt: dict, params, request_id: str | None, best_effort: bool = False):
-        """The engine's outputs for one request, counted in ``self.load`` while in flight; a ``best_effort`` request
-        (a preview) is refused with ``Overloaded`` where ``EngineLoad`` says it does not fit, and waits behind the
-        rest under the ``priority`` scheduling policy."""
-        tokens = len(prompt["prompt_token_ids"]) + params.max_tokens
-        if best_effort and not self.load.preview_fits(tokens):
-            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
-        priority = 1 if best_effort and self.config.scheduling_policy == "priority" else 0
+    async def _run(self, prompt: dict, params, request_id: str | None, best_effort: bool = False, preview: bool = False):
+        """The engine's outputs for one request, counted in ``self.load`` while in flight. A ``best_effort`` request
+        is refused with ``Overloaded`` where ``EngineLoad`` says the engine has no room to spare for it; a
+        ``preview`` waits behind the rest under the ``priority`` scheduling policy."""
+        n_prompt = len(prompt["prompt_token_ids"])
+        tokens = n_prompt + params.max_tokens
+        if best_effort and not self.load.spare_fits(n_prompt, tokens):
+            raise Overloaded("The model is busy with full requests; this best-effort decode is skipped.", retry_after_s=1)
+        priority = 1 if preview and self.config.scheduling_policy == "priority" else 0
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         if "multi_modal_data" in prompt:  # ids instead of hashing megabytes of audio that never repeats
             n = len(prompt["multi_modal_data"]["audio"])
             prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
-            with self.load.holding(tokens):
+            with self.load.holding(n_prompt, tokens):
                 async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
                     yield output
         except asyncio.CancelledError:
@@ -198,25 +200,37 @@ class VoxtralBackend:
 
 
 class EngineLoad:
-    """What the engine's requests in flight will hold at their end: KV cache tokens (prompt, audio included, plus
-    the most they may generate) and sequences. A preview (a realtime partial) is admitted only when it can start at
-    once beside them and still leave one request of the longest context room, so the previews of many sessions
-    never fill the cache that the finals need; a skipped preview costs nothing (the next one comes)."""
+    """What the engine's requests in flight hold: their prompts (audio included), the KV cache tokens they will hold
+    at their end (prompt plus the most they may generate) and sequences.
 
-    def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int):
-        self.kv_tokens, self.max_seqs, self.reserve = kv_tokens, max_seqs, max_model_len
-        self.tokens = self.requests = 0
+    Best-effort work (a realtime preview, or a final decode begun at a pause) is admitted only where it delays no
+    full request: it starts at once beside the requests in flight (a free sequence, KV room that still leaves one
+    request of the longest context its room) and the engine's next step could prefill all of their prompts and its
+    own (``step_tokens``, vLLM's ``max_num_batched_tokens``). Every decode costs a whole 30 s encoder window and its
+    prefill, so compute, not KV room, is what many sessions' extra decodes take from the finals; the prompts in flight
+    are counted whether or not their prefill is done, which errs on the side of the full requests. A refused decode
+    costs nothing: the next preview comes, and a final starts when the speaker stops."""
 
-    def preview_fits(self, tokens: int) -> bool:
-        return self.requests + 1 < self.max_seqs and self.tokens + tokens + self.reserve <= self.kv_tokens
+    def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int, step_tokens: int):
+        self.kv_tokens, self.max_seqs, self.reserve, self.step_tokens = kv_tokens, max_seqs, max_model_len, step_tokens
+        self.prompt_tokens = self.tokens = self.requests = 0
+
+    def spare_fits(self, prompt_tokens: int, tokens: int) -> bool:
+        return (
+            self.requests + 1 < self.max_seqs
+            and self.tokens + tokens + self.reserve <= self.kv_tokens
+            and self.prompt_tokens + prompt_tokens <= self.step_tokens
+        )
 
     @contextmanager
-    def holding(self, tokens: int):
+    def holding(self, prompt_tokens: int, tokens: int):
+        self.prompt_tokens += prompt_tokens
         self.tokens += tokens
         self.requests += 1
         try:
             yield
         finally:
+            self.prompt_tokens -= prompt_tokens
             self.tokens -= tokens
             self.requests -= 1
 
