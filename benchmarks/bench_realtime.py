@@ -14,8 +14,7 @@ Measured, per round and overall:
 * ``partial_lag_s``: the server's own histogram (audio received -> the delta that covers it), from Ray's metrics;
   ``partial_decode_s`` times every partial decode the same way, whether or not its text agreed enough to send
   (random weights never agree, so on them only this one fills); ``partials_skipped`` counts the previews a busy
-  model refused (the session skips them; the next comes one interval later), ``early_finals_refused`` the final
-  decodes begun at a pause that it refused (``realtime.early_final_admission: spare``: they start at ``speech_stopped``);
+  model refused (the session skips them; the next comes one interval later);
 * ``sessions_sustained``: sessions whose every utterance completed and that saw no error;
 * CPU seconds per session-second of the ingress and model replicas, the benchmark client's own cores (each client
   process's single event loop times its events, so near 1.0 its own lag enters the latencies: ``--client-processes``
@@ -222,17 +221,10 @@ def server_histograms(body: str) -> dict[str, dict[float, float]]:
     return {key: histogram_buckets(body, name) for key, name in SERVER_HISTOGRAMS.items()}
 
 
-COUNTERS = {  # the server's counters, summed over replicas: best-effort decodes the model refused while busy
-    "partials_skipped (server)": "ray_stt_realtime_partials_skipped_total",
-    "early_finals_refused (server)": "ray_stt_realtime_early_finals_refused_total",
-}
-
-
-def counters(body: str) -> dict[str, float]:
-    return {
-        key: sum(float(x.rsplit(" ", 1)[1]) for x in body.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
-        for key, name in COUNTERS.items()
-    }
+def partials_skipped(body: str) -> float:
+    """Previews the model refused while busy (``stt_realtime_partials_skipped``) in a scrape, summed over replicas."""
+    name = "ray_stt_realtime_partials_skipped_total"
+    return sum(float(x.rsplit(" ", 1)[1]) for x in body.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
 
 
 def since(after: dict[str, dict[float, float]], before: dict[str, dict[float, float]]) -> dict[str, dict]:
@@ -359,7 +351,7 @@ def measure(args, pool, url: str, audios: list, metrics_url: str) -> dict:
         "sessions": len(audios),
         "overall": {k: summary(v) for k, v in all_latencies.items()},
         **since(server_histograms(after), server_histograms(before)),
-        **{k: int(v - counters(before)[k]) for k, v in counters(after).items()},
+        "partials_skipped (server)": int(partials_skipped(after) - partials_skipped(before)),
         "ingress_rss_mib_after_each_round": rss,
         "rounds": rounds,
     }
@@ -380,7 +372,7 @@ def main() -> None:
     p.add_argument("--speed", type=float, default=1.0, help="x real time")
     p.add_argument("--partial-interval", type=float, default=None, help="override realtime.partial_interval_s")
     p.add_argument("--early-final-pause-ms", type=int, default=None, help="override realtime.early_final_pause_ms")
-    p.add_argument("--realtime-json", default="{}", help="merged into the realtime settings, e.g. '{\"early_final_admission\": \"spare\"}'")
+    p.add_argument("--realtime-json", default="{}", help="merged into the realtime settings, e.g. '{\"max_sessions\": 128}'")
     p.add_argument("--engine-json", default="{}", help="merged into each Voxtral model's settings, e.g. '{\"scheduling_policy\": \"priority\"}'")
     p.add_argument("--num-cpus", type=float, default=None, help="the local cluster's logical CPUs (default: the machine's)")
     p.add_argument("--client-processes", type=int, default=1, help="split each round's sessions over this many client processes")

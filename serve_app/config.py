@@ -234,11 +234,6 @@ class RealtimeConfig(Strict):
         " dropped if speech resumes: shorter finishes finals sooner on an idle model, longer drops fewer decodes under"
         " load (benchmarks/bench_turns.py); at or past the session's silence_duration_ms it starts one window before",
     )
-    early_final_admission: Literal["always", "spare"] = Field(
-        "always",
-        description="'spare' sends that early decode as best-effort work: the model refuses it unless it delays no"
-        " full request (the final then starts at speech_stopped); 'always' queues it like any final",
-    )
 
 
 class AuthConfig(Strict):

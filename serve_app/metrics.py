@@ -160,10 +160,6 @@ class RealtimeMetrics:
         self.partials_skipped = Counter(
             "stt_realtime_partials_skipped", description="Partial decodes the model skipped while busy with full requests."
         )
-        self.early_finals_refused = Counter(
-            "stt_realtime_early_finals_refused",
-            description="Final decodes begun at a pause that the model refused as best-effort work (started at speech_stopped instead).",
-        )
 
     def opened(self) -> None:
         self.sessions.add(1)
@@ -182,9 +178,6 @@ class RealtimeMetrics:
 
     def partial_skipped(self) -> None:
         self.partials_skipped.inc()
-
-    def early_final_refused(self) -> None:
-        self.early_finals_refused.inc()
 
     def partial_decoded(self, seconds: float, text_changed: bool) -> None:
         self.partial_decode.observe(seconds)

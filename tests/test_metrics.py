@@ -120,15 +120,14 @@ def test_dashboard_uses_exported_metric_names(traffic, realtime_traffic, metrics
         "ray_stt_realtime_utterances_total", "ray_stt_realtime_final_seconds_bucket",
         "ray_stt_realtime_partial_lag_seconds_bucket", "ray_stt_realtime_partial_decode_seconds_bucket",
         "ray_stt_backend_cancelled_total", "ray_stt_realtime_partials_skipped_total",
-        "ray_stt_realtime_early_finals_refused_total",
     }
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
         exported = {name for name, _, _ in _scrape(metrics_url)}
         # a counter that has never been incremented is not exported yet: failures, cancellations, refusals and
-        # skipped or refused best-effort decodes need not happen here
+        # skipped previews need not happen here
         never = {"ray_stt_backend_failures_total", "ray_stt_backend_cancelled_total", "ray_stt_realtime_refused_total",
-                 "ray_stt_realtime_partials_skipped_total", "ray_stt_realtime_early_finals_refused_total"}  # fmt: skip
+                 "ray_stt_realtime_partials_skipped_total"}  # fmt: skip
         missing = used - exported - never
         if not missing or time.monotonic() > deadline:
             break

@@ -92,14 +92,14 @@ def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_di
     assert cpu.additional_config == {CONFIG_KEY: 0} and cpu.max_cudagraph_capture_size is None
 
 
-def test_best_effort_work_is_admitted_only_where_it_starts_at_once_and_delays_no_full_request():
+def test_a_preview_is_admitted_only_where_it_starts_at_once_and_delays_no_full_request():
     load = EngineLoad(kv_tokens=10_000, max_seqs=8, max_model_len=2048, step_tokens=4096)
-    assert load.spare_fits(430, 470)
+    assert load.preview_fits(430, 470)
     with load.holding(100, 7_000):
-        assert load.spare_fits(430, 470)  # 7 000 + 470 + a 2 048-token request fit in 10 000
+        assert load.preview_fits(430, 470)  # 7 000 + 470 + a 2 048-token request fit in 10 000
         with load.holding(100, 600):
-            assert not load.spare_fits(430, 470)  # no KV room left for a full request beside it
-        assert load.spare_fits(430, 470)
+            assert not load.preview_fits(430, 470)  # no KV room left for a full request beside it
+        assert load.preview_fits(430, 470)
     with pytest.raises(RuntimeError):
         with load.holding(430, 9_000):
             raise RuntimeError("a failed request gives its room back too")
@@ -107,13 +107,13 @@ def test_best_effort_work_is_admitted_only_where_it_starts_at_once_and_delays_no
     with ExitStack() as stack:
         for _ in range(6):
             stack.enter_context(load.holding(1, 1))
-        assert load.spare_fits(1, 1)
+        assert load.preview_fits(1, 1)
         stack.enter_context(load.holding(1, 1))
-        assert not load.spare_fits(1, 1)  # one of the 8 sequences stays free for full requests
+        assert not load.preview_fits(1, 1)  # one of the 8 sequences stays free for full requests
     big = EngineLoad(kv_tokens=100_000, max_seqs=80, max_model_len=2048, step_tokens=4096)
     with ExitStack() as stack:  # compute: the prompts in flight and its own fit in one step's token budget
         for _ in range(8):
             stack.enter_context(big.holding(430, 470))
-        assert big.spare_fits(430, 470)  # 9 x 430 = 3 870 tokens: one step prefills them all
+        assert big.preview_fits(430, 470)  # 9 x 430 = 3 870 tokens: one step prefills them all
         stack.enter_context(big.holding(430, 470))
-        assert not big.spare_fits(430, 470)  # a tenth would wait behind the others' prefill
+        assert not big.preview_fits(430, 470)  # a tenth would wait behind the others' prefill

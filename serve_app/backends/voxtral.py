@@ -138,7 +138,7 @@ class VoxtralBackend:
         kind = RequestOutputKind.FINAL_ONLY
         params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
         token_ids: list[int] = []
-        async for output in self._run(prompt, params, options.request_id, options.best_effort, options.preview):
+        async for output in self._run(prompt, params, options.request_id, options.best_effort):
             token_ids = output.outputs[0].token_ids
         usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
         return self.tokenizer.decode(list(token_ids)), usage
@@ -171,15 +171,15 @@ class VoxtralBackend:
             temperature=temperature, top_p=top_p, max_tokens=max_tokens, ignore_eos=ignore_eos, output_kind=kind, detokenize=detokenize
         )
 
-    async def _run(self, prompt: dict, params, request_id: str | None, best_effort: bool = False, preview: bool = False):
-        """The engine's outputs for one request, counted in ``self.load`` while in flight. A ``best_effort`` request
-        is refused with ``Overloaded`` where ``EngineLoad`` says the engine has no room to spare for it; a
-        ``preview`` waits behind the rest under the ``priority`` scheduling policy."""
+    async def _run(self, prompt: dict, params, request_id: str | None, best_effort: bool = False):
+        """The engine's outputs for one request, counted in ``self.load`` while in flight; a ``best_effort`` request
+        (a preview) is refused with ``Overloaded`` where ``EngineLoad`` says it would delay a full request, and waits
+        behind the rest under the ``priority`` scheduling policy."""
         n_prompt = len(prompt["prompt_token_ids"])
         tokens = n_prompt + params.max_tokens
-        if best_effort and not self.load.spare_fits(n_prompt, tokens):
-            raise Overloaded("The model is busy with full requests; this best-effort decode is skipped.", retry_after_s=1)
-        priority = 1 if preview and self.config.scheduling_policy == "priority" else 0
+        if best_effort and not self.load.preview_fits(n_prompt, tokens):
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
+        priority = 1 if best_effort and self.config.scheduling_policy == "priority" else 0
         rid = f"{request_id or 'req'}-{uuid.uuid4().hex[:8]}"
         if "multi_modal_data" in prompt:  # ids instead of hashing megabytes of audio that never repeats
             n = len(prompt["multi_modal_data"]["audio"])
@@ -203,19 +203,19 @@ class EngineLoad:
     """What the engine's requests in flight hold: their prompts (audio included), the KV cache tokens they will hold
     at their end (prompt plus the most they may generate) and sequences.
 
-    Best-effort work (a realtime preview, or a final decode begun at a pause) is admitted only where it delays no
-    full request: it starts at once beside the requests in flight (a free sequence, KV room that still leaves one
-    request of the longest context its room) and the engine's next step could prefill all of their prompts and its
-    own (``step_tokens``, vLLM's ``max_num_batched_tokens``). Every decode costs a whole 30 s encoder window and its
-    prefill, so compute, not KV room, is what many sessions' extra decodes take from the finals; the prompts in flight
-    are counted whether or not their prefill is done, which errs on the side of the full requests. A refused decode
-    costs nothing: the next preview comes, and a final starts when the speaker stops."""
+    A preview (a realtime partial) is admitted only where it delays no full request: it starts at once beside the
+    requests in flight (a free sequence, and KV room that still leaves one request of the longest context its room),
+    and the engine's next step could prefill all of their prompts and its own (``step_tokens``, vLLM's
+    ``max_num_batched_tokens``). Every decode costs a whole 30 s encoder window and its prefill, so compute, not KV
+    room, is what the previews of many sessions take from the finals; the prompts in flight are counted whether or not
+    their prefill is done, which errs on the side of the finals. A skipped preview costs nothing (the next one comes).
+    """
 
     def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int, step_tokens: int):
         self.kv_tokens, self.max_seqs, self.reserve, self.step_tokens = kv_tokens, max_seqs, max_model_len, step_tokens
         self.prompt_tokens = self.tokens = self.requests = 0
 
-    def spare_fits(self, prompt_tokens: int, tokens: int) -> bool:
+    def preview_fits(self, prompt_tokens: int, tokens: int) -> bool:
         return (
             self.requests + 1 < self.max_seqs
             and self.tokens + tokens + self.reserve <= self.kv_tokens

@@ -56,7 +56,7 @@ class WhisperBackend:
             download_root=config.download_root,
         )
         self._pool = ThreadPoolExecutor(config.num_workers, thread_name_prefix="whisper")
-        self._busy = 0  # requests in the pool; best-effort work leaves a worker free for full requests
+        self._busy = 0  # requests in the pool; a preview (best_effort) leaves a worker free for full requests
         log.info("whisper %s loaded in %.2f s", config.model_path(), time.perf_counter() - started)
 
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
@@ -65,7 +65,7 @@ class WhisperBackend:
         if options.language and not self.model.model.is_multilingual and options.language != "en":
             raise InvalidRequest(f"This model is English-only; language {options.language!r} is not supported.", param="language")
         if options.best_effort and self._busy >= max(1, self.config.num_workers - 1):
-            raise Overloaded("The model is busy with full requests; this best-effort decode is skipped.", retry_after_s=1)
+            raise Overloaded("The model is busy with full requests; this preview is skipped.", retry_after_s=1)
         stop = threading.Event()
         work = asyncio.get_running_loop().run_in_executor(self._pool, self._transcribe_sync, audio, options, stop)
         self._busy += 1
@@ -88,9 +88,9 @@ class WhisperBackend:
                 audio,
                 language=options.language,
                 task=options.task,
-                beam_size=1 if options.preview else self.config.beam_size,
-                temperature=options.temperature if options.temperature > 0 or options.preview else _FALLBACK,
-                without_timestamps=options.preview,
+                beam_size=1 if options.best_effort else self.config.beam_size,
+                temperature=options.temperature if options.temperature > 0 or options.best_effort else _FALLBACK,
+                without_timestamps=options.best_effort,
                 initial_prompt=options.prompt or None,
                 word_timestamps=options.word_timestamps,
                 vad_filter=self.config.vad_filter,

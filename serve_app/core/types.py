@@ -22,11 +22,9 @@ class TranscribeOptions:
     # length. A request without max_tokens gets one per chunk from the Transcriber, bounded by the chunk's duration.
     max_tokens: int | None = None
     ignore_eos: bool = False
-    # Work the realtime route can do without (a partial's preview, a final decode begun at a pause that may not be the
-    # end): a backend refuses it (Overloaded) rather than let it wait for, or hold up, full requests.
+    # A preview (the realtime route's partial text): a backend may decode it the quick way, and refuses it
+    # (Overloaded) rather than let it wait for, or hold up, full requests.
     best_effort: bool = False
-    # A preview (partial text, replaced by the final's): a backend may decode it the quick way.
-    preview: bool = False
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Callable, Mapping
 from serve_app.audio.stream import StreamDecoder
 from serve_app.config import LimitsConfig, RealtimeConfig
 from serve_app.core.transcriber import Transcriber, consume_outcome
-from serve_app.core.types import SAMPLE_RATE, TranscribeOptions, Transcript
+from serve_app.core.types import SAMPLE_RATE, TranscribeOptions
 from serve_app.errors import APIError, Overloaded
 from serve_app.realtime.buffer import SampleBuffer
 from serve_app.realtime.partials import PartialText
@@ -209,8 +209,7 @@ class RealtimeSession:
         if u.partial_task:
             u.partial_task.cancel()
         audio = self.buffer.view(u.start, position)
-        options = replace(self._options(self.settings), best_effort=self.config.early_final_admission == "spare")
-        u.speculation = self._spawn(self.transcribers[self.settings.model].transcribe(audio, options))
+        u.speculation = self._spawn(self.transcribers[self.settings.model].transcribe(audio, self._options(self.settings)))
         u.speculation.add_done_callback(consume_outcome)  # a dropped decode's error is nobody's
 
     def _on_resumed(self, position: int) -> None:
@@ -254,9 +253,9 @@ class RealtimeSession:
 
     async def _final(self, u: Utterance, audio, settings: SessionSettings, committed_at: float, speculation=None) -> None:
         try:
-            transcript = await self._early_result(speculation)
-            if transcript is None:
-                transcript = await self.transcribers[settings.model].transcribe(audio, self._options(settings))
+            if speculation is None or speculation.cancelled():
+                speculation = self.transcribers[settings.model].transcribe(audio, self._options(settings))
+            transcript = await speculation
         except Exception as e:  # noqa: BLE001 - the item fails, the session goes on
             error = e if isinstance(e, APIError) else APIError("The transcription failed.")
             if not isinstance(e, APIError):
@@ -272,18 +271,6 @@ class RealtimeSession:
         if self.metrics:
             self.metrics.completed(time.perf_counter() - committed_at)
 
-    async def _early_result(self, speculation: asyncio.Task | None) -> Transcript | None:
-        """The transcript of the final decode begun at the pause; None where there was none, or the model refused it
-        as best-effort work (the final decode starts now)."""
-        if speculation is None or speculation.cancelled():
-            return None
-        try:
-            return await speculation
-        except Overloaded:
-            if self.metrics:
-                self.metrics.early_final_refused()
-            return None
-
     def _maybe_partial(self, u: Utterance) -> None:
         if not self.config.partial_interval_s or self.buffer.end < u.next_partial or u.speculation:
             return
@@ -295,7 +282,7 @@ class RealtimeSession:
 
     async def _partial(self, u: Utterance, audio, settings: SessionSettings, received_at: float) -> None:
         try:
-            options = replace(self._options(settings), best_effort=True, preview=True)
+            options = replace(self._options(settings), best_effort=True)
             transcript = await self.transcribers[settings.model].transcribe(audio, options)
         except APIError as e:  # a partial is a preview: the final decode reports what fails
             if isinstance(e, Overloaded) and self.metrics:
