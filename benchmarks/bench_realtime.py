@@ -180,19 +180,26 @@ SERVER_HISTOGRAMS = {
 }
 
 
-def scrape(metrics_url: str, timeout_s: float = 10) -> str:
-    """Ray's Prometheus endpoint, as text."""
-    return urllib.request.urlopen(metrics_url, timeout=timeout_s).read().decode()
+def scrape(metrics_url: str, timeout_s: float = 10) -> list:
+    """Ray's Prometheus endpoint, parsed: every sample (``name``, ``labels``, ``value``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=timeout_s).read().decode()
+    return [s for family in text_string_to_metric_families(text) for s in family.samples]
 
 
-def histogram_buckets(body: str, name: str) -> dict[float, float]:
+def total(samples: list, name: str, where=lambda labels: True) -> float:
+    """A metric's samples in a scrape whose labels pass ``where``, summed (over replicas and callers)."""
+    return sum(s.value for s in samples if s.name == name and where(s.labels))
+
+
+def histogram_buckets(samples: list, name: str) -> dict[float, float]:
     """A histogram's cumulative bucket counts in a scrape, summed over replicas."""
     buckets: dict[float, float] = {}
-    for line in body.splitlines():
-        if line.startswith(f"ray_{name}_bucket{{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0) + float(line.rsplit(" ", 1)[1])
+    for s in samples:
+        if s.name == f"ray_{name}_bucket":
+            bound = float(s.labels["le"])  # "+Inf" included
+            buckets[bound] = buckets.get(bound, 0) + s.value
     return buckets
 
 
@@ -217,14 +224,13 @@ def histogram_summary(buckets: dict[float, float]) -> dict:
     return {"count": int(total), "p50": round(quantile(0.5), 3), "p95": round(quantile(0.95), 3)}
 
 
-def server_histograms(body: str) -> dict[str, dict[float, float]]:
-    return {key: histogram_buckets(body, name) for key, name in SERVER_HISTOGRAMS.items()}
+def server_histograms(samples: list) -> dict[str, dict[float, float]]:
+    return {key: histogram_buckets(samples, name) for key, name in SERVER_HISTOGRAMS.items()}
 
 
-def partials_skipped(body: str) -> float:
+def partials_skipped(samples: list) -> float:
     """Previews the model refused while busy (``stt_realtime_partials_skipped``) in a scrape, summed over replicas."""
-    name = "ray_stt_realtime_partials_skipped_total"
-    return sum(float(x.rsplit(" ", 1)[1]) for x in body.splitlines() if x.startswith(name + "{") or x.startswith(name + " "))
+    return total(samples, "ray_stt_realtime_partials_skipped_total")
 
 
 def since(after: dict[str, dict[float, float]], before: dict[str, dict[float, float]]) -> dict[str, dict]:
@@ -251,12 +257,12 @@ class GaugePeaks(PeriodicSampler):
 
     def sample(self) -> None:
         try:
-            body = scrape(self.metrics_url, timeout_s=5)
+            samples = scrape(self.metrics_url, timeout_s=5)
         except OSError:
             return
         for key, name in SERVE_GAUGES.items():
-            lines = [x for x in body.splitlines() if x.startswith(f"ray_{name}{{") and 'deployment="model-' in x]
-            self.peaks[key] = max(self.peaks[key], sum(float(x.rsplit(" ", 1)[1]) for x in lines))
+            model = total(samples, f"ray_{name}", lambda labels: labels.get("deployment", "").startswith("model-"))
+            self.peaks[key] = max(self.peaks[key], model)
 
 
 def summary(values: list[float]) -> dict:
@@ -269,11 +275,12 @@ def run(args) -> dict:
     manifest = read_manifest(args.audio_dir)
     audios = [session_audio(args.audio_dir, manifest, seed) for seed in range(max(args.sessions))]
     serve_args = app_args(args.config, args.app)
+    realtime = serve_args.setdefault("realtime", {})
     if args.partial_interval is not None:
-        serve_args.setdefault("realtime", {})["partial_interval_s"] = args.partial_interval
+        realtime["partial_interval_s"] = args.partial_interval
     if args.early_final_pause_ms is not None:
-        serve_args.setdefault("realtime", {})["early_final_pause_ms"] = args.early_final_pause_ms
-    serve_args.setdefault("realtime", {}).update(json.loads(args.realtime_json))
+        realtime["early_final_pause_ms"] = args.early_final_pause_ms
+    realtime.update(json.loads(args.realtime_json))
     engine = json.loads(args.engine_json)
     for model in serve_args.get("models", []):
         if "voxtral" in model:
@@ -293,11 +300,11 @@ def run(args) -> dict:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         stop_local_serve()
-    vad_cpu, turns = vad_pass(audios[0].audio, RealtimeConfig.model_validate(serve_args.get("realtime", {})).early_final_pause_ms)
+    vad_cpu, turns = vad_pass(audios[0].audio, RealtimeConfig.model_validate(realtime).early_final_pause_ms)
     return {
         "benchmark": "realtime", "command": command_line(), "machine": machine_info(),
         "config": {"file": str(args.config), "sessions": args.sessions, "rounds": args.rounds, "speed": args.speed,
-                   "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": serve_args.get("realtime", {}),
+                   "format": f"{FORMAT.type} {FORMAT.rate} Hz, 100 ms appends", "realtime": realtime,
                    "engine_json": engine,
                    "models": [m.get("name") for m in serve_args.get("models", [])]},
         "vad_cpu_core_per_session": round(vad_cpu, 5),
