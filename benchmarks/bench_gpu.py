@@ -373,6 +373,9 @@ def cmd_engine(a) -> dict:
     from serve_app.backends.voxtral import VoxtralBackend
     from serve_app.config import VoxtralModelConfig
 
+    # A forked engine core failed with "Cannot re-initialize CUDA in forked subprocess" (H100, vLLM 0.26): this
+    # process has touched CUDA before the engine starts, so the core is started fresh instead.
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     maker = ClipMaker(speech_pool(sorted(Path(a.audio_dir).glob("*.wav"))), seed=3)
     cases = {int(s): CASES[int(s)] for s in a.cases.split(",")}
     out = []
