@@ -85,9 +85,9 @@ class VoxtralConfig(Strict):
     dtype: str = "bfloat16"
     # FP8 weights, quantized by vLLM at load (Hopper and later); the bytes they free go to the KV cache.
     # "fp8": every linear layer, per-tensor scales. "fp8-language-model": the language model's linear layers only
-    # (per-channel weight and per-token activation scales); the audio encoder stays in `dtype`. "fp8-per-channel":
-    # every linear layer, the audio encoder's too, with per-channel and per-token scales (benchmarks/NOTES-gpu.md).
-    quantization: Literal["fp8", "fp8-language-model", "fp8-per-channel"] | None = None
+    # (per-channel weight and per-token activation scales); the audio encoder stays in `dtype` (the encoder in FP8
+    # with the same scales was 15 % slower: benchmarks/NOTES-gpu.md, thirteenth session).
+    quantization: Literal["fp8", "fp8-language-model"] | None = None
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
     max_model_len: int = 4096
     max_num_seqs: int = 32

@@ -140,7 +140,6 @@ def test_fp8_language_model_keeps_the_audio_encoder_in_bf16(full_size_dir):
     # The encoder's 32 layers keep 2 bytes for their 629 M linear parameters: 5.72 GiB, as loaded on the H100.
     assert lm_only == pytest.approx(5.72 * GiB, rel=0.01)
     assert lm_only - everything == 32 * (4 * 1280 * 1280 + 2 * 1280 * 5120)
-    assert weights_bytes(VoxtralConfig(**model, quantization="fp8-per-channel")) == everything
 
 
 def test_encoder_graphs_are_paid_for_out_of_the_kv_cache(full_size_dir):

@@ -55,7 +55,6 @@ def test_what_the_graphs_do_not_cover_runs_the_eager_encoder():
             "fp8-language-model",
             {"quantization": "fp8_per_channel", "quantization_config": {"ignore": ["re:.*whisper_encoder.*"]}},
         ),
-        ("fp8-per-channel", {"quantization": "fp8_per_channel"}),
     ],
 )
 def test_quantization_settings_map_to_vllm(setting, engine):

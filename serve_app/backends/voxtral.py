@@ -301,8 +301,6 @@ def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cach
 def _quantization_args(quantization: str | None) -> dict:
     if quantization == "fp8-language-model":
         return {"quantization": "fp8_per_channel", "quantization_config": {"ignore": ["re:.*whisper_encoder.*"]}}
-    if quantization == "fp8-per-channel":
-        return {"quantization": "fp8_per_channel"}
     return {"quantization": quantization}
 
 

@@ -67,8 +67,8 @@ def gib(n: int | float) -> str:
 def weights_bytes(config: VoxtralConfig) -> int:
     """Bytes of weights: from the config, the checkpoint's params.json or files, or the shapes of a known model.
 
-    With ``quantization: fp8`` or ``fp8-per-channel`` the linear layers take one byte a parameter, with
-    ``fp8-language-model`` only the language model's; embeddings, the output head, norms, the audio convolutions and the adapter stay in ``dtype``
+    With ``quantization: fp8`` the linear layers take one byte a parameter, with ``fp8-language-model`` only the
+    language model's; embeddings, the output head, norms, the audio convolutions and the adapter stay in ``dtype``
     (what vLLM's FP8 quantizes).
     """
     if config.weights_bytes:
@@ -81,8 +81,8 @@ def weights_bytes(config: VoxtralConfig) -> int:
         raise BudgetError(f"Cannot tell the size of {config.model!r}'s weights: set voxtral.weights_bytes in the config.")
     lm_linear, encoder_linear, other = _parameter_counts(params)
     bytes_per = 4 if config.dtype in ("float32", "float") else 2
-    lm_bytes = 1 if config.quantization else bytes_per  # every option quantizes the language model
-    encoder_bytes = 1 if config.quantization in ("fp8", "fp8-per-channel") else bytes_per
+    lm_bytes = 1 if config.quantization in ("fp8", "fp8-language-model") else bytes_per
+    encoder_bytes = 1 if config.quantization == "fp8" else bytes_per
     return lm_linear * lm_bytes + encoder_linear * encoder_bytes + other * bytes_per
 
 
