@@ -115,12 +115,12 @@ class EncoderGraphs:
             self.graphs.clear()
             self.disabled = True
             return
+        seconds, mib = time.perf_counter() - started, (torch.cuda.memory_reserved() - before) / 2**20
         replays = ", ".join(f"{n}: {self._replay_ms(n):.2f}" for n in sorted(self.graphs))
         log.warning(  # warning: vLLM's engine core shows its own info logs only
             "audio encoder CUDA graphs for 1-%d windows of %s captured in %.2f s, %.0f MiB; relative |graph - eager| %.2g;"
             " GPU ms per replay by windows {%s}",
-            self.max_batch, self.window_shape, time.perf_counter() - started,
-            (torch.cuda.memory_reserved() - before) / 2**20, worst, replays,
+            self.max_batch, self.window_shape, seconds, mib, worst, replays,
         )  # fmt: skip
 
     def _replay_ms(self, n: int, repeats: int = 5) -> float:
