@@ -139,3 +139,12 @@ def transcribe(url: str, data: bytes, filename: str = "audio.wav", content_type:
     form.setdefault("model", "whisper-1")
     file = (filename, data) if content_type is None else (filename, data, content_type)
     return httpx.post(f"{url}/v1/audio/transcriptions", files={"file": file}, data=form, timeout=120)
+
+
+def scrape_metrics(metrics_url: str, timeout_s: float = 10) -> list[tuple[str, dict, float]]:
+    """Ray's Prometheus endpoint, parsed: (name, labels, value) of every sample."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(metrics_url, timeout=timeout_s).text
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]

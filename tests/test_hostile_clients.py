@@ -21,8 +21,7 @@ import psutil
 import pytest
 import soundfile as sf
 from conftest import WHISPER_TEST_MODEL
-from helpers import assert_openai_error, read, transcribe, wav_bytes
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import assert_openai_error, read, scrape_metrics, transcribe, wav_bytes
 from ray import serve
 
 from serve_app.core.types import SAMPLE_RATE
@@ -244,12 +243,10 @@ def test_a_client_that_leaves_is_counted_as_499(hostile_url, speech, metrics_url
             httpx.post(f"{hostile_url}/v1/audio/transcriptions", files={"file": ("a.wav", slow)}, timeout=httpx.Timeout(5, read=0.05))
     deadline, counts = time.monotonic() + 40, {}
     while time.monotonic() < deadline:
-        text = httpx.get(metrics_url, timeout=10).text
         counts = {
-            s.labels["status"]: s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "ray_stt_requests_total" and s.labels.get("application") == APP
+            labels["status"]: value
+            for name, labels, value in scrape_metrics(metrics_url)
+            if name == "ray_stt_requests_total" and labels.get("application") == APP
         }
         if counts.get("499", 0) >= 3:
             break

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from conftest import WHISPER_TEST_MODEL
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import scrape_metrics
 from ray import serve
 
 from serve_app.audio.decode import load_file
@@ -34,11 +34,6 @@ def app_url(deploy_app):
     """An app of its own, so the counts below are exactly this module's traffic."""
     yield deploy_app(APP, {"models": [WHISPER_TEST_MODEL]})
     serve.delete(APP)
-
-
-def _scrape(metrics_url: str) -> list[tuple[str, dict, float]]:
-    text = httpx.get(metrics_url, timeout=10).text
-    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
 
 
 def _value(samples, name: str, **labels) -> float | None:
@@ -95,7 +90,7 @@ def test_metrics_after_traffic(traffic, metrics_url):
     }
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
-        samples = _scrape(metrics_url)
+        samples = scrape_metrics(metrics_url)
         got = {key: _value(samples, key[0], **dict(key[1])) for key in expected}
         audio_s = _value(samples, "ray_stt_audio_seconds_total", model=MODEL)
         if (got == expected and audio_s is not None) or time.monotonic() > deadline:
@@ -123,7 +118,7 @@ def test_dashboard_uses_exported_metric_names(traffic, realtime_traffic, metrics
     }
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
-        exported = {name for name, _, _ in _scrape(metrics_url)}
+        exported = {name for name, _, _ in scrape_metrics(metrics_url)}
         # a counter that has never been incremented is not exported yet: failures, cancellations, refusals and
         # skipped previews need not happen here
         never = {"ray_stt_backend_failures_total", "ray_stt_backend_cancelled_total", "ray_stt_realtime_refused_total",
@@ -143,7 +138,7 @@ def test_every_partial_decode_is_timed_and_each_sent_partial_has_its_lag(realtim
 
     deadline = time.monotonic() + EXPORT_DELAY_S
     while True:
-        samples = _scrape(metrics_url)
+        samples = scrape_metrics(metrics_url)
         lag = count(samples, "ray_stt_realtime_partial_lag_seconds_count")
         decodes = count(samples, "ray_stt_realtime_partial_decode_seconds_count")
         if lag >= realtime_traffic or time.monotonic() > deadline:
@@ -156,7 +151,7 @@ def test_every_partial_decode_is_timed_and_each_sent_partial_has_its_lag(realtim
 def test_a_gauge_stays_exported_while_its_value_holds(traffic, metrics_url):
     """Ray drops a gauge's series ~30 s after its last set; requests in flight (0 here) must stay on the dashboard."""
     time.sleep(max(0.0, traffic["finished_at"] + 45 - time.monotonic()))
-    assert _value(_scrape(metrics_url), "ray_stt_ongoing_requests", model=MODEL) == 0
+    assert _value(scrape_metrics(metrics_url), "ray_stt_ongoing_requests", model=MODEL) == 0
 
 
 def test_request_id_reaches_the_model_and_comes_back(app_url, audio_dir):

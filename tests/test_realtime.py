@@ -7,7 +7,6 @@ import asyncio
 import base64
 import json
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from serve_app.audio.stream import StreamFormat, encode
 from serve_app.core.types import SAMPLE_RATE
 from serve_app.realtime.client import ITEM, Run, session_update, stream
 from tests.conftest import WHISPER_TEST_MODEL
-from tests.helpers import corpus_wer, transcribe
+from tests.helpers import corpus_wer, scrape_metrics, transcribe
 
 CLIPS = ["en_jfk_inaugural_16k.wav", "en_ljspeech_LJ050-0131.wav", "en_fleurs_003.ogg", "en_pocketsphinx_goforward.wav"]
 PCM24, PCM16, PCMU = StreamFormat("audio/pcm", 24000), StreamFormat("audio/pcm", 16000), StreamFormat("audio/pcmu", 8000)
@@ -198,9 +197,7 @@ def test_too_many_sessions_are_refused_with_1013(rt_url):
 
 
 def _metric(metrics_url: str, name: str, app: str) -> float:
-    body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    values = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines() if line.startswith(name + "{") and f'application="{app}"' in line]
-    return sum(values)
+    return sum(v for n, labels, v in scrape_metrics(metrics_url, timeout_s=5) if n == name and labels.get("application") == app)
 
 
 def test_a_client_that_drops_mid_utterance_leaves_no_model_call_running(deploy_app, audio_dir, metrics_url):
