@@ -101,6 +101,12 @@ class VoxtralConfig(Strict):
     # CUDA graphs of the audio encoder for batches of up to this many 30 s windows (0: vLLM's eager encoder). Their
     # memory (~112 MiB a window) comes out of the KV cache: serve_config.yaml pairs 4 with FP8 weights.
     encoder_cuda_graphs: int = Field(0, ge=0, le=64)
+    # Voxtral pads every clip to whole 30 s windows (tekken.json's audio chunk_length_s): a 3 s clip costs its audio
+    # encoder and language model as much as a 30 s one. A shorter window pads to multiples of itself instead (a 3 s
+    # clip in a 10 s window: a third of the encoder's work, 125 audio tokens instead of 375). It CAN CHANGE THE
+    # TRANSCRIPT: the model was trained on 30 s windows, and its accuracy on shorter ones is unmeasured on the real
+    # weights (benchmarks/NOTES-gpu.md, fourteenth session). None: the checkpoint's own window.
+    audio_window_s: Literal[5, 10, 15, 30] | None = None
     # "priority": previews (realtime partial decodes) wait behind full requests in the engine's queue, and are
     # preempted first when the KV cache runs short. "fcfs": every request in arrival order. Measured on an H100 at
     # 64 sessions with partials: no gain (benchmarks/NOTES-gpu.md, tenth session), as previews never queue now.

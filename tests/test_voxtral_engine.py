@@ -1,21 +1,36 @@
-"""How the Voxtral backend sets up vLLM: quantization choices, and the audio encoder's CUDA graphs as a vLLM plugin.
+"""How the Voxtral backend sets up vLLM: quantization choices, the audio encoder's CUDA graphs as a vLLM plugin, and
+audio windows shorter than 30 s.
 
 The graphs themselves need a GPU: the H100 runs check them against the eager encoder when they are captured
 (``|graph - eager| 0`` in benchmarks/results/gpu/). Here: the plugin is installed and registered, and everything the
-graphs do not cover (a CPU tensor, another shape) goes to vLLM's own encoder unchanged.
+graphs do not cover (a CPU tensor, another shape) goes to vLLM's own encoder unchanged. The shorter window runs for
+real, through the CPU build of vLLM and a tiny random Voxtral.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from contextlib import ExitStack
 from importlib.metadata import entry_points
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from serve_app.backends.voxtral import ENGINE_FIELDS, EngineLoad, _quantization_args, engine_args
-from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY, EncoderGraphs
+from serve_app.backends.voxtral import (
+    ENGINE_FIELDS,
+    EngineLoad,
+    VoxtralBackend,
+    _quantization_args,
+    engine_arg_dict,
+    engine_args,
+    windowed_tokenizer,
+)
+from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY, WINDOW_KEY, EncoderGraphs, window_lengths
 from serve_app.config import VoxtralConfig
+from serve_app.core.types import TranscribeOptions
 
 
 def test_the_plugin_is_installed_and_serves_voxtral_with_the_graphed_class():
@@ -43,7 +58,15 @@ def test_what_the_graphs_do_not_cover_runs_the_eager_encoder():
     x = torch.ones(3, 128, 3000)
     assert torch.equal(graphs([x]), x * 2)  # on the CPU
     assert torch.equal(graphs([x, x]), x * 2)  # not one batched tensor
-    assert len(calls) == 2 and not graphs.graphs and graphs.window_shape is None
+    assert len(calls) == 2 and not graphs.graphs and graphs.mel_bins is None
+
+
+def test_window_lengths_are_the_multiples_of_the_window_up_to_vllms_30_s_chunk():
+    assert window_lengths(3000, 100, None) == (3000,)
+    assert window_lengths(3000, 100, 30) == (3000,)
+    assert window_lengths(3000, 100, 10) == (3000, 2000, 1000)
+    with pytest.raises(ValueError, match="does not divide"):
+        window_lengths(3000, 100, 7)
 
 
 @pytest.mark.parametrize(
@@ -90,6 +113,51 @@ def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_di
     # No CUDA, no graphs: the CPU engine gets vLLM's eager encoder and its own default sizes.
     cpu = engine_args(VoxtralConfig(model=str(tiny_voxtral_dir), encoder_cuda_graphs=4), "cpu", {})
     assert cpu.additional_config == {CONFIG_KEY: 0} and cpu.max_cudagraph_capture_size is None
+    assert cpu.tokenizer is None  # the checkpoint's own, and its own 30 s window
+    windowed = engine_arg_dict(VoxtralConfig(model=str(tiny_voxtral_dir), audio_window_s=10), "cpu", {}, "/tmp/tok")
+    assert windowed["additional_config"] == {CONFIG_KEY: 0, WINDOW_KEY: 10} and windowed["tokenizer"] == "/tmp/tok"
+
+
+def test_the_windowed_tokenizer_pads_to_the_window_and_keeps_the_rest(tiny_voxtral_dir, tmp_path):
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    directory = Path(windowed_tokenizer(str(tiny_voxtral_dir), 10))
+    original, windowed = (json.loads((d / "tekken.json").read_text()) for d in (tiny_voxtral_dir, directory))
+    assert windowed["audio"].pop("chunk_length_s") == 10.0 and original["audio"].pop("chunk_length_s") == 30.0
+    assert windowed == original
+    encoder = MistralTokenizer.from_file(str(directory / "tekken.json")).instruct_tokenizer.audio_encoder
+    padded = [len(encoder.pad(np.zeros(n, np.float32), 16000)) for n in (16000, 160_000, 160_001)]
+    assert padded == [160_000, 160_000, 320_000]
+    (tmp_path / "tekken.json").write_text(json.dumps({**original, "audio": {}}))
+    with pytest.raises(ValueError, match="pads no audio"):
+        windowed_tokenizer(str(tmp_path), 10)
+
+
+def test_a_shorter_audio_window_pads_less_and_batches_windows_of_mixed_lengths(tiny_voxtral_dir):
+    """``audio_window_s: 10`` on the real engine: a 3 s clip is one 10 s window (125 audio tokens, not 375), and one
+    encoder batch mixes a 10 s window, a 30 s one and a 35 s clip's 30 + 10 s (vLLM's own encoder stacks them into one
+    tensor, and the engine dies); a clip's text does not depend on what it was batched with."""
+    config = VoxtralConfig(model=str(tiny_voxtral_dir), device="cpu", enforce_eager=True, max_model_len=2048,
+                           max_num_seqs=8, kv_cache_memory_bytes=64 << 20, audio_window_s=10)  # fmt: skip
+    rng = np.random.default_rng(5)
+    clips = [rng.normal(0, 0.1, seconds * 16000).astype(np.float32) for seconds in (3, 25, 35)]
+    options = TranscribeOptions(max_tokens=5, ignore_eos=True)
+
+    async def run():
+        backend = VoxtralBackend(config)
+        try:
+            alone = await backend.transcribe(clips[0], options)
+            together = await asyncio.gather(*(backend.transcribe(clip, options) for clip in clips))
+            return alone, together, backend._tokenizer_dir
+        finally:
+            backend.shutdown()
+
+    alone, together, tokenizer_dir = asyncio.run(run())
+    text_tokens = alone.usage.prompt_tokens - 125  # the prompt's own tokens around the audio
+    assert [t.usage.prompt_tokens - text_tokens for t in together] == [125, 375, 500]
+    assert all(t.usage.completion_tokens == 5 for t in together)
+    assert together[0].text == alone.text
+    assert not Path(tokenizer_dir).exists()  # removed at shutdown
 
 
 def test_a_preview_is_admitted_only_where_it_starts_at_once_and_delays_no_full_request():

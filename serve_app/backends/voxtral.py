@@ -8,17 +8,22 @@ Concurrent requests (and the chunks of one long request) are batched by vLLM's c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 import numpy as np
 
 from serve_app.audio.wav import wav_bytes
 from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY as ENCODER_GRAPHS_KEY
+from serve_app.backends.voxtral_encoder_graphs import WINDOW_KEY
 from serve_app.config import VoxtralConfig
 from serve_app.core.token_budget import chat_tokens, transcription_tokens
 from serve_app.core.types import (
@@ -48,7 +53,8 @@ class VoxtralBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         memory = self._memory_args(gpu_share)
-        args = engine_args(config, self.device, memory)
+        self._tokenizer_dir = windowed_tokenizer(config.model, config.audio_window_s) if config.audio_window_s else None
+        args = engine_args(config, self.device, memory, self._tokenizer_dir)
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
@@ -101,6 +107,8 @@ class VoxtralBackend:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        if self._tokenizer_dir:
+            shutil.rmtree(self._tokenizer_dir, ignore_errors=True)
 
     # --- prompts and generation ---
 
@@ -206,7 +214,7 @@ class EngineLoad:
     A preview (a realtime partial) is admitted only where it delays no full request: it starts at once beside the
     requests in flight (a free sequence, and KV room that still leaves one request of the longest context its room),
     and the engine's next step could prefill all of their prompts and its own (``step_tokens``, vLLM's
-    ``max_num_batched_tokens``). Every decode costs a whole 30 s encoder window and its prefill, so compute, not KV
+    ``max_num_batched_tokens``). Every decode costs a whole encoder window and its prefill, so compute, not KV
     room, is what the previews of many sessions take from the finals; the prompts in flight are counted whether or not
     their prefill is done, which errs on the side of the finals. A skipped preview costs nothing (the next one comes).
     """
@@ -255,19 +263,21 @@ ENGINE_FIELDS = {
 }  # fmt: skip
 
 
-def engine_args(config: VoxtralConfig, device: str, memory: dict):
-    """vLLM's engine arguments for this config; ``memory`` is the byte plan's, and ``engine_kwargs`` win over the rest."""
+def engine_args(config: VoxtralConfig, device: str, memory: dict, tokenizer: str | None = None):
+    """vLLM's engine arguments for this config; ``memory`` is the byte plan's, ``tokenizer`` a directory whose
+    tekken.json replaces the checkpoint's (``windowed_tokenizer``), and ``engine_kwargs`` win over the rest."""
     from vllm import AsyncEngineArgs
 
-    return AsyncEngineArgs(**engine_arg_dict(config, device, memory))
+    return AsyncEngineArgs(**engine_arg_dict(config, device, memory, tokenizer))
 
 
-def engine_arg_dict(config: VoxtralConfig, device: str, memory: dict) -> dict:
+def engine_arg_dict(config: VoxtralConfig, device: str, memory: dict, tokenizer: str | None = None) -> dict:
     """``engine_args`` as plain keywords (what vLLM's own server takes as flags, ``benchmarks/bench_gpu_peers.py``)."""
     graphs = config.encoder_cuda_graphs if device == "cuda" else 0
     extra = config.engine_kwargs
     args = dict(
         **config.model_dump(include=ENGINE_FIELDS),
+        **({"tokenizer": tokenizer} if tokenizer else {}),
         generation_config="vllm",  # Mistral-format checkpoints have no generation_config.json
         limit_mm_per_prompt={"audio": 8},
         disable_log_stats=True,
@@ -275,8 +285,30 @@ def engine_arg_dict(config: VoxtralConfig, device: str, memory: dict) -> dict:
         **memory,
         **_quantization_args(config.quantization),
     )
-    additional = {ENCODER_GRAPHS_KEY: graphs, **extra.get("additional_config", {})}
+    window = {WINDOW_KEY: config.audio_window_s} if config.audio_window_s else {}
+    additional = {ENCODER_GRAPHS_KEY: graphs, **window, **extra.get("additional_config", {})}
     return {**args, **extra, "additional_config": additional}
+
+
+def windowed_tokenizer(model: str, window_s: int) -> str:
+    """A directory with the checkpoint's tekken.json padding audio to ``window_s`` instead of its own window.
+
+    The window lives in the tokenizer (``audio.chunk_length_s``): mistral_common pads each clip to a multiple of it,
+    for this backend's prompts and for vLLM's audio processor alike, which counts a clip's audio tokens from its
+    padded length; the engine core's encoder learns it from ``additional_config`` (``WINDOW_KEY``).
+    """
+    path = Path(model) / "tekken.json"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(model, "tekken.json"))
+    tekken = json.loads(path.read_text())
+    if not tekken.get("audio", {}).get("chunk_length_s"):
+        raise ValueError(f"{model}'s tekken.json pads no audio into windows; voxtral.audio_window_s does not apply.")
+    tekken["audio"]["chunk_length_s"] = float(window_s)
+    directory = tempfile.mkdtemp(prefix="voxtral-tokenizer-")
+    (Path(directory) / "tekken.json").write_text(json.dumps(tekken))
+    return directory
 
 
 def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cache: dict) -> dict:

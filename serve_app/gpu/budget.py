@@ -15,14 +15,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve_app.backends.voxtral_encoder_graphs import window_lengths
 from serve_app.config import VoxtralConfig
-from serve_app.gpu.voxtral_shapes import KNOWN_SHAPES, params
+from serve_app.gpu.voxtral_shapes import AUDIO_ENCODING, KNOWN_SHAPES, params
 
 GiB = 1 << 30
 
 # The audio encoder's CUDA graphs keep a memory pool of their own, beside the engine's activations: 384-444 MiB for
-# graphs of 1-4 windows on an H100 (benchmarks/results/gpu/engine_*.json).
+# graphs of 1-4 30 s windows on an H100 (benchmarks/results/gpu/engine_*.json). A shorter audio_window_s adds graphs
+# for each multiple of the window, charged by their frames: 10 s windows add 2000 + 1000 frames to the 3000, so
+# twice the bytes (measured 364 -> 638 MiB on an H200, benchmarks/results/gpu/engine_window10_h200.log.txt).
 ENCODER_GRAPH_BYTES_PER_WINDOW = 112 << 20
+ENCODER_WINDOW_FRAMES = 3000  # a 30 s window of mel frames: vLLM's chunk
 
 # The language model's CUDA graphs grow with the largest step they capture: vLLM's pool took 0.18 GiB for steps up to
 # 160 tokens (its default at 80 sequences) and 0.34 GiB up to 512 on an H200 (benchmarks/results/gpu/engine_capture.json).
@@ -149,7 +153,10 @@ def graph_bytes(config: VoxtralConfig) -> int:
     """CUDA graph memory beyond what the activation reserve covers: the encoder's windows, larger language-model steps."""
     vllm_default = min(2 * config.max_num_seqs, 512)
     extra_tokens = max(0, (config.max_cudagraph_capture_size or 0) - vllm_default) if not config.enforce_eager else 0
-    return config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW + extra_tokens * LM_GRAPH_BYTES_PER_TOKEN
+    frames_per_s = AUDIO_ENCODING["sampling_rate"] // AUDIO_ENCODING["hop_length"]
+    windows = sum(window_lengths(ENCODER_WINDOW_FRAMES, frames_per_s, config.audio_window_s)) / ENCODER_WINDOW_FRAMES
+    encoder = round(config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW * windows)
+    return encoder + extra_tokens * LM_GRAPH_BYTES_PER_TOKEN
 
 
 def check_free_memory(plan: MemoryPlan, free_bytes: int, device_name: str = "the GPU") -> None:
