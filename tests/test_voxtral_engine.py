@@ -146,15 +146,18 @@ def test_a_shorter_audio_window_pads_less_and_batches_windows_of_mixed_lengths(t
     async def run():
         backend = VoxtralBackend(config)
         try:
+            audio_token = backend.tokenizer.instruct.audio_encoder.audio_token
+            prompts = [backend._transcription_prompt(clip, None)["prompt_token_ids"] for clip in clips]
             alone = await backend.transcribe(clips[0], options)
             together = await asyncio.gather(*(backend.transcribe(clip, options) for clip in clips))
-            return alone, together, backend._tokenizer_dir
+            return [p.count(audio_token) for p in prompts], alone, together, backend._tokenizer_dir
         finally:
             backend.shutdown()
 
-    alone, together, tokenizer_dir = asyncio.run(run())
-    text_tokens = alone.usage.prompt_tokens - 125  # the prompt's own tokens around the audio
-    assert [t.usage.prompt_tokens - text_tokens for t in together] == [125, 375, 500]
+    audio_tokens, alone, together, tokenizer_dir = asyncio.run(run())
+    assert audio_tokens == [125, 375, 500]  # 12.5 tokens a second of the padded audio: 10, 30 and 40 s
+    # the engine took those prompts (its audio processor padded alike) and the same text around each
+    assert len({t.usage.prompt_tokens - n for t, n in zip(together, audio_tokens)}) == 1
     assert all(t.usage.completion_tokens == 5 for t in together)
     assert together[0].text == alone.text
     assert not Path(tokenizer_dir).exists()  # removed at shutdown

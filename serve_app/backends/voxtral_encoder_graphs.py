@@ -76,10 +76,10 @@ def window_lengths(chunk_frames: int, frames_per_s: int, window_s: float | None)
 class WindowedEncoder:
     """``VoxtralEncoderModel.forward`` for windows of several lengths.
 
-    vLLM's stacks the 30 s chunks of every clip in a batch into one tensor, which needs them all of one length: true
-    while each clip is padded to whole 30 s windows. A shorter window lets a batch mix lengths (a 3 s clip's 10 s
-    window beside a 25 s clip's 30 s one, a 35 s clip's 30 s chunk and its 10 s rest), so each length is encoded
-    apart and the outputs go back in the clips' order.
+    vLLM's forward stacks the 30 s chunks of every clip in a batch into one tensor, which needs them all of one
+    length: true while each clip is padded to whole 30 s windows. A shorter window lets a batch mix lengths (a 3 s
+    clip's 10 s window beside a 25 s clip's 30 s one, a 35 s clip's 30 s chunk and its 10 s rest), so each length is
+    encoded apart and the outputs go back in the clips' order.
     """
 
     def __init__(self, model):
