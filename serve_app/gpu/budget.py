@@ -17,7 +17,7 @@ from pathlib import Path
 
 from serve_app.backends.voxtral_encoder_graphs import window_lengths
 from serve_app.config import VoxtralConfig
-from serve_app.gpu.voxtral_shapes import AUDIO_ENCODING, KNOWN_SHAPES, params
+from serve_app.gpu.voxtral_shapes import AUDIO_ENCODING, KNOWN_SHAPES, MAX_SOURCE_POSITIONS, params
 
 GiB = 1 << 30
 
@@ -26,7 +26,8 @@ GiB = 1 << 30
 # for each multiple of the window, charged by their frames: 10 s windows add 2000 + 1000 frames to the 3000, so
 # twice the bytes (measured 364 -> 638 MiB on an H200, benchmarks/results/gpu/engine_window10_h200.log.txt).
 ENCODER_GRAPH_BYTES_PER_WINDOW = 112 << 20
-ENCODER_WINDOW_FRAMES = 3000  # a 30 s window of mel frames: vLLM's chunk
+ENCODER_WINDOW_FRAMES = 2 * MAX_SOURCE_POSITIONS  # a 30 s window's mel frames: vLLM's chunk
+MEL_FRAMES_PER_S = AUDIO_ENCODING["sampling_rate"] // AUDIO_ENCODING["hop_length"]
 
 # The language model's CUDA graphs grow with the largest step they capture: vLLM's pool took 0.18 GiB for steps up to
 # 160 tokens (its default at 80 sequences) and 0.34 GiB up to 512 on an H200 (benchmarks/results/gpu/engine_capture.json).
@@ -153,9 +154,8 @@ def graph_bytes(config: VoxtralConfig) -> int:
     """CUDA graph memory beyond what the activation reserve covers: the encoder's windows, larger language-model steps."""
     vllm_default = min(2 * config.max_num_seqs, 512)
     extra_tokens = max(0, (config.max_cudagraph_capture_size or 0) - vllm_default) if not config.enforce_eager else 0
-    frames_per_s = AUDIO_ENCODING["sampling_rate"] // AUDIO_ENCODING["hop_length"]
-    windows = sum(window_lengths(ENCODER_WINDOW_FRAMES, frames_per_s, config.audio_window_s)) / ENCODER_WINDOW_FRAMES
-    encoder = round(config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW * windows)
+    frames = sum(window_lengths(ENCODER_WINDOW_FRAMES, MEL_FRAMES_PER_S, config.audio_window_s))
+    encoder = round(config.encoder_cuda_graphs * ENCODER_GRAPH_BYTES_PER_WINDOW * frames / ENCODER_WINDOW_FRAMES)
     return encoder + extra_tokens * LM_GRAPH_BYTES_PER_TOKEN
 
 

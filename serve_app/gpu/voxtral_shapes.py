@@ -21,6 +21,7 @@ SIZES = {
 }
 AUDIO_ENCODING = {"sampling_rate": 16000, "num_mel_bins": 128, "hop_length": 160, "window_size": 400}
 DOWNSAMPLE = 4
+MAX_SOURCE_POSITIONS = 1500  # the encoder's positions for one 30 s window: 3000 mel frames through a stride-2 conv
 
 
 def params(size: str) -> dict:
@@ -37,7 +38,7 @@ def params(size: str) -> dict:
                 "encoder_args": {
                     **s["encoder"],
                     "vocab_size": 51866,
-                    "max_source_positions": 1500,
+                    "max_source_positions": MAX_SOURCE_POSITIONS,
                     "audio_encoding_args": AUDIO_ENCODING,
                 },
                 "downsample_args": {"downsample_factor": DOWNSAMPLE},
