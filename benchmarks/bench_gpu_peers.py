@@ -25,7 +25,6 @@ all along (``gpu_memory_peak``), beside a neighbour that holds ``--neighbour-gib
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import json
@@ -50,7 +49,7 @@ from benchmarks.bench_gpu import (
     voxtral_model,
 )  # fmt: skip
 from benchmarks.common import command_line, machine_info, write_result
-from benchmarks.loadgen import ClipMaker, http_session, speech_pool
+from benchmarks.loadgen import ClipMaker, http_session, run_http, speech_pool
 from benchmarks.local_serve import free_port, stop_local_serve
 from serve_app.audio.wav import wav_bytes
 from serve_app.backends.voxtral import engine_arg_dict
@@ -140,11 +139,11 @@ async def greedy_texts(base: str, pool) -> list[str]:
 
 
 def measure(base: str, make_senders: dict, maker: ClipMaker, a, with_throughput: bool) -> dict:
-    out = {"greedy_texts": asyncio.run(greedy_texts(base, maker.pool))}
+    out = {"greedy_texts": run_http(greedy_texts(base, maker.pool))}
     for route, make_sender in make_senders.items():
-        out[route] = asyncio.run(matrix(make_sender, maker, a.concurrencies, a.budget_audio_s))
+        out[route] = run_http(matrix(make_sender, maker, a.concurrencies, a.budget_audio_s))
         if with_throughput:
-            out[f"{route}_throughput_128"] = asyncio.run(throughput_128(make_sender, maker, a.throughput_n))
+            out[f"{route}_throughput_128"] = run_http(throughput_128(make_sender, maker, a.throughput_n))
     return out
 
 

@@ -69,6 +69,20 @@ def http_session():
     return _sessions[loop]
 
 
+def run_http(coro):
+    """``asyncio.run(coro)``, closing the HTTP session that ``coro`` opened on its loop before the loop ends."""
+
+    async def main():
+        try:
+            return await coro
+        finally:
+            session = _sessions.pop(asyncio.get_running_loop(), None)
+            if session is not None:
+                await session.close()
+
+    return asyncio.run(main())
+
+
 async def run_load(
     send: Callable[[np.ndarray], Awaitable[object]],
     clips: list[np.ndarray],

@@ -105,7 +105,8 @@ class VoxtralConfig(Strict):
     # encoder and language model as much as a 30 s one. A shorter window pads to multiples of itself instead (a 3 s
     # clip in a 10 s window: a third of the encoder's work, 125 audio tokens instead of 375). It CAN CHANGE THE
     # TRANSCRIPT: the model was trained on 30 s windows, and its accuracy on shorter ones is unmeasured on the real
-    # weights (benchmarks/NOTES-gpu.md, fourteenth session). None: the checkpoint's own window.
+    # weights (benchmarks/NOTES-gpu.md, fourteenth and fifteenth sessions: on Whisper tiny.en's real weights, 10-15 s
+    # windows kept its WER with the loop guard, 5 s did not). None: the checkpoint's own window.
     audio_window_s: Literal[5, 10, 15, 30] | None = None
     # "priority": previews (realtime partial decodes) wait behind full requests in the engine's queue, and are
     # preempted first when the KV cache runs short. "fcfs": every request in arrival order. Measured on an H100 at
