@@ -64,6 +64,17 @@ def error_rates(rows: list[dict], texts: list[str]) -> dict:
     return {"by_language": rates, "mean_over_languages": round(sum(rates.values()) / len(rates), 2)}
 
 
+def window_record(window_s: int, measures: dict, rows: list[dict], texts: list[str], reference: list[str], started: float) -> dict:
+    """One window's entry: its measures, how many texts equal the first window's, its time and its texts by file."""
+    return {
+        "window_s": window_s,
+        **measures,
+        "identical_to_first_window": sum(t == r for t, r in zip(texts, reference)),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "texts": {row["file"]: text for row, text in zip(rows, texts)},
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=str(REPO / "serve_config.yaml"), help="a Serve config or a bare args YAML")
@@ -93,14 +104,9 @@ def main() -> None:
         answers = asyncio.run(transcribe_all(config, a.num_gpus, clips, languages))
         texts = [answer["text"] for answer in answers]
         reference = reference or texts
-        result["windows"].append({
-            "window_s": window,
-            "error_percent": error_rates(rows, texts),
-            "identical_to_first_window": sum(t == r for t, r in zip(texts, reference)),
-            "prompt_tokens": sum(answer["prompt_tokens"] for answer in answers),
-            "wall_s": round(time.perf_counter() - started, 1),
-            "texts": {row["file"]: text for row, text in zip(rows, texts)},
-        })  # fmt: skip
+        prompt_tokens = sum(answer["prompt_tokens"] for answer in answers)
+        measures = {"error_percent": error_rates(rows, texts), "prompt_tokens": prompt_tokens}
+        result["windows"].append(window_record(window, measures, rows, texts, reference, started))
         write_result(a.out, result, echo=False)  # partial
     write_result(a.out, result)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_window_accuracy import error_rates
+from benchmarks.bench_window_accuracy import error_rates, window_record
 from benchmarks.common import SHARED_AUDIO, command_line, machine_info, read_manifest, write_result
 from serve_app.core.repetition import cut_repetition
 from serve_app.core.types import SAMPLE_RATE
@@ -75,16 +75,13 @@ def main() -> None:
             texts.append(tokenizer.decode(ids).strip())
             tokens += len(ids)
         reference = reference or texts
-        result["windows"].append({
-            "window_s": window_s,
+        measures = {
             "wer_percent": error_rates(rows, texts)["by_language"]["en"],
             # what the product returns: its transcriber cuts a loop at the end of a text (core/repetition.py)
             "wer_percent_loops_cut": error_rates(rows, [cut_repetition(t) for t in texts])["by_language"]["en"],
-            "identical_to_first_window": sum(t == r for t, r in zip(texts, reference)),
             "generated_tokens": tokens,
-            "wall_s": round(time.perf_counter() - started, 1),
-            "texts": {row["file"]: text for row, text in zip(rows, texts)},
-        })  # fmt: skip
+        }
+        result["windows"].append(window_record(window_s, measures, rows, texts, reference, started))
         write_result(a.out, result, echo=False)  # partial
     write_result(a.out, result)
 
