@@ -50,9 +50,11 @@ from benchmarks.common import (
     PeriodicSampler,
     app_args,
     command_line,
+    cpu_seconds,
     machine_info,
     percentile,
     read_manifest,
+    replica_processes,
     write_result,
 )
 from fixtures.assembled_audio import assemble
@@ -154,23 +156,6 @@ def vad_pass(audio: np.ndarray, pause_ms: int, settings: TurnDetection = TurnDet
         for turn in detector.push(decoder.decode(piece)):
             turns[turn.kind] = turns.get(turn.kind, 0) + 1
     return (time.process_time() - started) / (len(audio) / SAMPLE_RATE), turns
-
-
-def replica_processes(app: str) -> dict[str, list]:
-    """The Serve replica processes of ``app`` by deployment (Ray names them ``ray::ServeReplica:app:Deployment``)."""
-    import psutil
-
-    found: dict[str, list] = {}
-    for p in psutil.process_iter(["cmdline"]):
-        line = " ".join(p.info["cmdline"] or [])
-        marker = f"ServeReplica:{app}:"
-        if marker in line:
-            found.setdefault(line.split(marker, 1)[1].split()[0], []).append(p)
-    return found
-
-
-def cpu_seconds(processes: dict[str, list]) -> dict[str, float]:
-    return {name: sum(p.cpu_times().user + p.cpu_times().system for p in ps) for name, ps in processes.items()}
 
 
 SERVER_HISTOGRAMS = {

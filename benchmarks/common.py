@@ -112,6 +112,24 @@ def write_result(path: str | Path | None, body: dict, echo: bool = True) -> str:
     return text
 
 
+def replica_processes(app: str) -> dict[str, list]:
+    """The Serve replica processes of ``app`` by deployment (Ray names them ``ray::ServeReplica:app:Deployment``)."""
+    import psutil
+
+    found: dict[str, list] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        line = " ".join(p.info["cmdline"] or [])
+        marker = f"ServeReplica:{app}:"
+        if marker in line:
+            found.setdefault(line.split(marker, 1)[1].split()[0], []).append(p)
+    return found
+
+
+def cpu_seconds(processes: dict[str, list]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each deployment's processes (``replica_processes``)."""
+    return {name: sum(p.cpu_times().user + p.cpu_times().system for p in ps) for name, ps in processes.items()}
+
+
 def read_manifest(audio_dir: Path) -> list[dict]:
     """The rows of an audio folder's manifest.jsonl (file, duration_s, language, transcript, ...)."""
     return [json.loads(line) for line in (Path(audio_dir) / "manifest.jsonl").read_text().splitlines() if line.strip()]

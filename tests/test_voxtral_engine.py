@@ -1,5 +1,5 @@
-"""How the Voxtral backend sets up vLLM: quantization choices, the audio encoder's CUDA graphs as a vLLM plugin, and
-audio windows shorter than 30 s.
+"""How the Voxtral backend sets up vLLM: quantization choices, the audio encoder's CUDA graphs as a vLLM plugin,
+audio windows shorter than 30 s, and what the engine is asked to send back.
 
 The graphs themselves need a GPU: the H100 runs check them against the eager encoder when they are captured
 (``|graph - eager| 0`` in benchmarks/results/gpu/). Here: the plugin is installed and registered, and everything the
@@ -30,7 +30,7 @@ from serve_app.backends.voxtral import (
 )
 from serve_app.backends.voxtral_encoder_graphs import CONFIG_KEY, WINDOW_KEY, EncoderGraphs, window_lengths
 from serve_app.config import VoxtralConfig
-from serve_app.core.types import TranscribeOptions
+from serve_app.core.types import ChatOptions, ChatTurn, TranscribeOptions
 
 
 def test_the_plugin_is_installed_and_serves_voxtral_with_the_graphed_class():
@@ -161,6 +161,32 @@ def test_a_shorter_audio_window_pads_less_and_batches_windows_of_mixed_lengths(t
     assert all(t.usage.completion_tokens == 5 for t in together)
     assert together[0].text == alone.text
     assert not Path(tokenizer_dir).exists()  # removed at shutdown
+
+
+def test_a_chat_answer_without_streaming_comes_whole_and_equals_the_streamed_one(tiny_voxtral_dir):
+    """A chat request without ``stream`` asks the engine for its final output only: one piece, nothing per token
+    through vLLM's output path and the handle. Its text, usage and finish reason are those of the streamed answer."""
+    config = VoxtralConfig(model=str(tiny_voxtral_dir), device="cpu", enforce_eager=True, max_model_len=2048,
+                           max_num_seqs=8, kv_cache_memory_bytes=64 << 20)  # fmt: skip
+    clip = np.random.default_rng(6).normal(0, 0.1, 3 * 16000).astype(np.float32)
+    turns = [ChatTurn("user", (clip, "Transcribe this."))]
+
+    async def run():
+        backend = VoxtralBackend(config)
+        try:
+            pieces = {}
+            for stream in (True, False):
+                pieces[stream] = [d async for d in backend.chat_stream(turns, ChatOptions(max_tokens=12, stream=stream))]
+            return pieces
+        finally:
+            backend.shutdown()
+
+    pieces = asyncio.run(run())
+    streamed, whole = pieces[True], pieces[False]
+    assert len(streamed) > 3 and len(whole) == 1
+    assert whole[0].text == "".join(d.text for d in streamed)
+    assert whole[0].usage == streamed[-1].usage and whole[0].usage.completion_tokens == 12
+    assert whole[0].finish_reason == streamed[-1].finish_reason == "length"
 
 
 def test_a_preview_is_admitted_only_where_it_starts_at_once_and_delays_no_full_request():

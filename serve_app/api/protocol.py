@@ -151,6 +151,7 @@ class ChatCompletionRequest(Lenient):
             temperature=self.temperature,
             top_p=self.top_p,
             request_id=request_id,
+            stream=self.stream,
         )
 
 

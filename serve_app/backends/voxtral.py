@@ -87,7 +87,9 @@ class VoxtralBackend:
         else:
             prompt = self._transcription_prompt(audio, options.language)
         max_tokens = transcription_tokens(duration, self.config.max_audio_tokens_per_s, options.max_tokens, options.ignore_eos)
-        text, usage = await self._complete(prompt, max_tokens, options)
+        text, usage, _ = await self._complete(
+            prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, options.request_id, options.best_effort
+        )
         text = text.strip()
         segments = [Segment(id=0, start=0.0, end=duration, text=text)] if text else []
         # Voxtral detects the language without saying which: a transcript reports only a language it was given.
@@ -97,6 +99,12 @@ class VoxtralBackend:
         audio_s = sum(duration_of(p) for t in turns for p in t.parts if isinstance(p, np.ndarray))
         max_tokens = options.max_tokens or chat_tokens(audio_s, self.config.max_audio_tokens_per_s, None)
         prompt = self._chat_prompt(turns)
+        if not options.stream:
+            text, usage, finish_reason = await self._complete(
+                prompt, max_tokens, options.temperature, options.top_p, False, options.request_id
+            )
+            yield ChatDelta(text, usage, finish_reason)
+            return
         async for delta in self._generate(prompt, max_tokens, options.temperature, options.top_p, options.request_id):
             yield delta
 
@@ -139,17 +147,21 @@ class VoxtralBackend:
             raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
         return _prompt(tokenized)
 
-    async def _complete(self, prompt: dict, max_tokens: int, options: TranscribeOptions) -> tuple[str, TokenUsage]:
-        """One finished answer: the engine neither detokenizes nor sends anything until the request is done."""
+    async def _complete(
+        self, prompt: dict, max_tokens: int, temperature: float, top_p: float, ignore_eos: bool, request_id: str | None,
+        best_effort: bool = False,
+    ) -> tuple[str, TokenUsage, str | None]:
+        """One finished answer (text, usage, finish reason): the engine neither detokenizes nor sends anything until
+        the request is done."""
         from vllm.sampling_params import RequestOutputKind
 
-        kind = RequestOutputKind.FINAL_ONLY
-        params = self._params(prompt, max_tokens, options.temperature, 1.0, options.ignore_eos, kind, detokenize=False)
+        params = self._params(prompt, max_tokens, temperature, top_p, ignore_eos, RequestOutputKind.FINAL_ONLY, detokenize=False)
         token_ids: list[int] = []
-        async for output in self._run(prompt, params, options.request_id, options.best_effort):
-            token_ids = output.outputs[0].token_ids
+        finish_reason = None
+        async for output in self._run(prompt, params, request_id, best_effort):
+            token_ids, finish_reason = output.outputs[0].token_ids, output.outputs[0].finish_reason
         usage = TokenUsage(len(prompt["prompt_token_ids"]), len(token_ids))
-        return self.tokenizer.decode(list(token_ids)), usage
+        return self.tokenizer.decode(list(token_ids)), usage, finish_reason
 
     async def _generate(
         self, prompt: dict, max_tokens: int, temperature: float, top_p: float, request_id: str | None

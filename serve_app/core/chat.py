@@ -1,5 +1,6 @@
 """Chat completions with audio, guarded as transcriptions are: no model call for audio without speech, a token
-budget from the audio's duration, and a runaway loop stopped where it is found."""
+budget from the audio's duration, and a runaway loop cut to its first copy (stopped where it is found while the
+answer streams; a backend may send an answer without ``stream`` as one piece)."""
 
 from __future__ import annotations
 

@@ -97,6 +97,9 @@ class ChatOptions:
     temperature: float = 0.0
     top_p: float = 1.0
     request_id: str | None = None
+    # False (a request without "stream"): the answer may come as one piece at its end, so that nothing is sent per
+    # token between the engine, the model replica and the ingress.
+    stream: bool = True
 
 
 def duration_of(audio: np.ndarray) -> float:
