@@ -59,16 +59,27 @@ from serve_app.ray_env import apply_serve_env
 SERVED_NAME = "voxtral"
 
 
-def chat_body(clip, max_tokens: int) -> bytes:
-    """The old clients' request: one user turn with the clip as ``input_audio`` (base64 WAV) and an instruction."""
+def chat_body(clip, max_tokens: int, stream: bool = False) -> bytes:
+    """The old clients' request: one user turn with the clip as ``input_audio`` (base64 WAV) and an instruction; with
+    ``stream``, streamed with a last chunk that carries the usage."""
     audio = {"data": base64.b64encode(wav_bytes(clip)).decode(), "format": "wav"}
     content = [{"type": "input_audio", "input_audio": audio}, {"type": "text", "text": "Transcribe this audio."}]
     body = {"model": SERVED_NAME, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
             "temperature": 0.0, "ignore_eos": True}  # fmt: skip
+    if stream:
+        body |= {"stream": True, "stream_options": {"include_usage": True}}
     return json.dumps(body).encode()
 
 
-def chat_sender(base_url: str, max_tokens: int):
+def streamed_answer(events: str) -> dict:
+    """A streamed chat answer put together from its server-sent events: the text of its deltas and the usage of its
+    last chunk, in the shape of an answer without ``stream``."""
+    chunks = [json.loads(line[len("data: ") :]) for line in events.splitlines() if line.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    return {"choices": [{"message": {"content": text}}], "usage": chunks[-1]["usage"]}
+
+
+def chat_sender(base_url: str, max_tokens: int, stream: bool = False):
     session = http_session()
 
     async def send(body: bytes) -> str:
@@ -76,13 +87,13 @@ def chat_sender(base_url: str, max_tokens: int):
         headers = {"content-type": "application/json"}
         async with session.post(f"{base_url}/v1/chat/completions", data=body, headers=headers) as r:
             r.raise_for_status()
-            answer = await r.json()
+            answer = streamed_answer(await r.text()) if stream else await r.json()
         got = answer["usage"]["completion_tokens"]
         if got != max_tokens:  # the same work on every server, or the comparison means nothing
             raise RuntimeError(f"{got} completion tokens, expected {max_tokens}")
         return answer["choices"][0]["message"]["content"]
 
-    send.prepare = lambda clip: chat_body(clip, max_tokens)  # encoded before the clock starts (loadgen.run_load)
+    send.prepare = lambda clip: chat_body(clip, max_tokens, stream)  # encoded before the clock starts (loadgen.run_load)
     return send
 
 

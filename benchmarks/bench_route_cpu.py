@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_gpu import http_sender
-from benchmarks.bench_gpu_peers import SERVED_NAME, chat_body, chat_sender
+from benchmarks.bench_gpu_peers import SERVED_NAME, chat_sender
 from benchmarks.common import (
     SHARED_AUDIO,
     command_line,
@@ -29,25 +29,14 @@ from benchmarks.common import (
     replica_processes,
     write_result,
 )
-from benchmarks.loadgen import ClipMaker, http_session, run_http, run_load, speech_pool
+from benchmarks.loadgen import ClipMaker, run_http, run_load, speech_pool
 from benchmarks.local_serve import run_app, start_local_serve, stop_local_serve
 
-
-def chat_stream_sender(base_url: str, max_tokens: int):
-    """Chat with ``stream: true``, read to the end of its server-sent events."""
-    session = http_session()
-
-    async def send(body: bytes) -> int:
-        headers = {"content-type": "application/json"}
-        async with session.post(f"{base_url}/v1/chat/completions", data=body, headers=headers) as r:
-            r.raise_for_status()
-            return len(await r.read())
-
-    send.prepare = lambda clip: json.dumps(json.loads(chat_body(clip, max_tokens)) | {"stream": True}).encode()
-    return send
-
-
-ROUTES = {"transcriptions": http_sender, "chat": chat_sender, "chat (stream)": chat_stream_sender}
+ROUTES = {
+    "transcriptions": http_sender,
+    "chat": chat_sender,
+    "chat (stream)": lambda base_url, max_tokens: chat_sender(base_url, max_tokens, stream=True),
+}
 
 
 async def load(make_sender, base_url: str, max_tokens: int, clips: list, concurrency: int) -> dict:

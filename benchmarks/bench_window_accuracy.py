@@ -28,6 +28,7 @@ from benchmarks.common import (
     read_manifest,
     write_result,
 )
+from serve_app.core.types import SAMPLE_RATE
 
 CHARACTER_LANGUAGES = {"ja", "zh", "th"}  # no spaces between words: scored by characters
 
@@ -96,7 +97,7 @@ def main() -> None:
     clips = [load_file(str(Path(a.audio_dir) / row["file"])) for row in rows]
     languages = [row["language"] for row in rows]
     result: dict = {"command": command_line(), "machine": machine_info(), "clips": len(rows),
-                    "audio_s": round(sum(len(c) for c in clips) / 16000, 1), "windows": []}  # fmt: skip
+                    "audio_s": round(sum(len(c) for c in clips) / SAMPLE_RATE, 1), "windows": []}  # fmt: skip
     reference: list[str] | None = None
     for window in [int(w) for w in a.windows.split(",")]:
         config = VoxtralConfig.model_validate(base | {"audio_window_s": None if window == 30 else window})

@@ -4,7 +4,8 @@ reset, and the decoder reading their encodings one after another: what ``voxtral
 Whisper-large-v3-derived encoder, whose own weights cannot be loaded here.
 
 It is evidence by analogy, not Voxtral's accuracy: a smaller model of the family, English clips of at most 30 s (one
-30 s window each, Whisper's own setting, is the reference), greedy decoding without timestamps. Each window's WER is given as decoded and with the product's loop guard applied.
+30 s window each, Whisper's own setting, is the reference), greedy decoding without timestamps. Each window's WER is
+given as decoded and with the product's loop guard applied.
 
     python -m benchmarks.bench_window_whisper --windows 30,15,10,5 --out benchmarks/results/window_accuracy_whisper_tiny_cpu.json
 """
