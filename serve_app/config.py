@@ -108,6 +108,16 @@ class VoxtralConfig(Strict):
     # weights (benchmarks/NOTES-gpu.md, fourteenth and fifteenth sessions: on Whisper tiny.en's real weights, 10-15 s
     # windows kept its WER with the loop guard, 5 s did not). None: the checkpoint's own window.
     audio_window_s: Literal[5, 10, 15, 30] | None = None
+    # Previews (realtime partials) alone in windows of this length: a partial of a 3 s utterance costs a 10 s window's
+    # encoder and prefill instead of a 30 s one. Finals, transcriptions and chat keep `audio_window_s` (or the
+    # checkpoint's 30 s), with the prompts and audio of an engine without this option, so the committed transcript is
+    # unchanged; a preview's text is replaced by its utterance's final (on Whisper tiny.en's real weights 10 s windows
+    # kept the WER of clips up to 10 s). H100, 64 sessions, partials every 0.5 s: 26 % more previews in the same time
+    # each, finals 35 ms slower at p95 (benchmarks/NOTES-gpu.md, sixteenth session). Must divide the full window.
+    preview_window_s: Literal[5, 10, 15] | None = None
+    # Previews in the engine at once, whatever their prompts: every sequence in a batch costs each decoding step and
+    # the engine's front end alike, so cheap prompts must not let previews crowd the finals (0: no previews).
+    max_previews_in_flight: int = Field(8, ge=0)
     # "priority": previews (realtime partial decodes) wait behind full requests in the engine's queue, and are
     # preempted first when the KV cache runs short. "fcfs": every request in arrival order. Measured on an H100 at
     # 64 sessions with partials: no gain (benchmarks/NOTES-gpu.md, tenth session), as previews never queue now.
@@ -123,6 +133,17 @@ class VoxtralConfig(Strict):
     weights_bytes: int | None = Field(None, gt=0, description="overrides the size read from the checkpoint")
     max_audio_tokens_per_s: float = Field(8.0, gt=0, description="bounds max_tokens by the audio's duration")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _preview_window_divides(self) -> "VoxtralConfig":
+        full = self.audio_window_s or 30
+        if self.preview_window_s and (self.preview_window_s >= full or full % self.preview_window_s):
+            raise ValueError(f"preview_window_s ({self.preview_window_s}) must be shorter than and divide the full window ({full} s)")
+        return self
+
+    def engine_window_s(self) -> int | None:
+        """The window the engine's tokenizer and encoder pad to: the shortest any request uses (None: the checkpoint's)."""
+        return self.preview_window_s or self.audio_window_s
 
 
 class WhisperModelConfig(Strict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import ExitStack
+from dataclasses import replace
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -121,7 +122,9 @@ def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_di
 def test_the_windowed_tokenizer_pads_to_the_window_and_keeps_the_rest(tiny_voxtral_dir, tmp_path):
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    directory = Path(windowed_tokenizer(str(tiny_voxtral_dir), 10))
+    directory, checkpoint_window_s = windowed_tokenizer(str(tiny_voxtral_dir), 10)
+    directory = Path(directory)
+    assert checkpoint_window_s == 30.0
     original, windowed = (json.loads((d / "tekken.json").read_text()) for d in (tiny_voxtral_dir, directory))
     assert windowed["audio"].pop("chunk_length_s") == 10.0 and original["audio"].pop("chunk_length_s") == 30.0
     assert windowed == original
@@ -163,6 +166,48 @@ def test_a_shorter_audio_window_pads_less_and_batches_windows_of_mixed_lengths(t
     assert not Path(tokenizer_dir).exists()  # removed at shutdown
 
 
+def test_a_preview_window_shortens_previews_only_and_leaves_full_requests_as_they_were(tiny_voxtral_dir):
+    """``preview_window_s: 10`` on the real engine: a preview of a 3 s utterance is one 10 s window (250 audio tokens
+    fewer than 30 s), while a final, a long clip and a chat answer get the prompts, tokens and text of an engine
+    without the option."""
+    base = dict(model=str(tiny_voxtral_dir), device="cpu", enforce_eager=True, max_model_len=2048, max_num_seqs=8,
+                kv_cache_memory_bytes=64 << 20)  # fmt: skip
+    rng = np.random.default_rng(7)
+    short, long = (rng.normal(0, 0.1, seconds * 16000).astype(np.float32) for seconds in (3, 35))
+    options = TranscribeOptions(max_tokens=6, ignore_eos=True)
+    turns = [ChatTurn("user", (short, "Transcribe this."))]
+
+    async def answers(config: VoxtralConfig) -> dict:
+        backend = VoxtralBackend(config)
+        try:
+            chat = [d async for d in backend.chat_stream(turns, ChatOptions(max_tokens=6, stream=False))][0]
+            return {
+                "final": await backend.transcribe(short, options),
+                "long": await backend.transcribe(long, options),
+                "preview": await backend.transcribe(short, replace(options, best_effort=True)),
+                "chat": (chat.text, chat.usage),
+            }
+        finally:
+            backend.shutdown()
+
+    plain = asyncio.run(answers(VoxtralConfig(**base)))
+    windowed = asyncio.run(answers(VoxtralConfig(**base, preview_window_s=10)))
+    for name in ("final", "long"):
+        assert (windowed[name].text, windowed[name].usage) == (plain[name].text, plain[name].usage)
+    assert windowed["chat"] == plain["chat"]
+    assert plain["preview"].usage == plain["final"].usage  # without the option a preview is a final's twin
+    assert windowed["preview"].usage.prompt_tokens == plain["final"].usage.prompt_tokens - 250  # 10 s, not 30 s
+
+
+def test_a_preview_window_must_divide_the_full_window():
+    assert VoxtralConfig(preview_window_s=10).engine_window_s() == 10
+    assert VoxtralConfig(audio_window_s=10, preview_window_s=5).engine_window_s() == 5
+    assert VoxtralConfig(audio_window_s=15).engine_window_s() == 15 and VoxtralConfig().engine_window_s() is None
+    for bad in ({"preview_window_s": 10, "audio_window_s": 15}, {"preview_window_s": 10, "audio_window_s": 10}):
+        with pytest.raises(ValueError, match="preview_window_s"):
+            VoxtralConfig(**bad)
+
+
 def test_a_chat_answer_without_streaming_comes_whole_and_equals_the_streamed_one(tiny_voxtral_dir):
     """A chat request without ``stream`` asks the engine for its final output only: one piece, nothing per token
     through vLLM's output path and the handle. Its text, usage and finish reason are those of the streamed answer."""
@@ -190,7 +235,7 @@ def test_a_chat_answer_without_streaming_comes_whole_and_equals_the_streamed_one
 
 
 def test_a_preview_is_admitted_only_where_it_starts_at_once_and_delays_no_full_request():
-    load = EngineLoad(kv_tokens=10_000, max_seqs=8, max_model_len=2048, step_tokens=4096)
+    load = EngineLoad(kv_tokens=10_000, max_seqs=8, max_model_len=2048, step_tokens=4096, max_previews=8)
     assert load.preview_fits(430, 470)
     with load.holding(100, 7_000):
         assert load.preview_fits(430, 470)  # 7 000 + 470 + a 2 048-token request fit in 10 000
@@ -207,10 +252,25 @@ def test_a_preview_is_admitted_only_where_it_starts_at_once_and_delays_no_full_r
         assert load.preview_fits(1, 1)
         stack.enter_context(load.holding(1, 1))
         assert not load.preview_fits(1, 1)  # one of the 8 sequences stays free for full requests
-    big = EngineLoad(kv_tokens=100_000, max_seqs=80, max_model_len=2048, step_tokens=4096)
+    big = EngineLoad(kv_tokens=100_000, max_seqs=80, max_model_len=2048, step_tokens=4096, max_previews=80)
     with ExitStack() as stack:  # compute: the prompts in flight and its own fit in one step's token budget
         for _ in range(8):
             stack.enter_context(big.holding(430, 470))
         assert big.preview_fits(430, 470)  # 9 x 430 = 3 870 tokens: one step prefills them all
         stack.enter_context(big.holding(430, 470))
         assert not big.preview_fits(430, 470)  # a tenth would wait behind the others' prefill
+
+
+def test_previews_in_flight_are_capped_whatever_their_prompts_cost():
+    """Short windows make a preview's prompt cheap, not its decoding steps: past ``max_previews`` previews in flight
+    another is refused though tokens and sequences are free, while full requests count only against the rest."""
+    load = EngineLoad(kv_tokens=100_000, max_seqs=80, max_model_len=2048, step_tokens=4096, max_previews=3)
+    with ExitStack() as stack:
+        for _ in range(3):
+            assert load.preview_fits(75, 115)
+            stack.enter_context(load.holding(75, 115, preview=True))
+        assert not load.preview_fits(75, 115)  # 4 x 75 prompt tokens would fit one step; the cap holds it
+        stack.enter_context(load.holding(430, 470))  # a full request is no preview
+        assert (load.previews, load.requests) == (3, 4)
+    assert load.previews == 0 and load.preview_fits(75, 115)
+    assert not EngineLoad(100_000, 80, 2048, 4096, max_previews=0).preview_fits(1, 1)  # 0: no previews at all

@@ -53,7 +53,11 @@ class VoxtralBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         memory = self._memory_args(gpu_share)
-        self._tokenizer_dir = windowed_tokenizer(config.model, config.audio_window_s) if config.audio_window_s else None
+        self._tokenizer_dir, self._full_window_s = None, None
+        if config.engine_window_s():
+            self._tokenizer_dir, checkpoint_window_s = windowed_tokenizer(config.model, config.engine_window_s())
+            if config.preview_window_s:  # full requests pad themselves to their own, longer window
+                self._full_window_s = config.audio_window_s or checkpoint_window_s
         args = engine_args(config, self.device, memory, self._tokenizer_dir)
         started = time.perf_counter()
         self.engine = AsyncLLM.from_engine_args(args)
@@ -61,7 +65,9 @@ class VoxtralBackend:
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
         cache, scheduler = self.engine.vllm_config.cache_config, self.engine.vllm_config.scheduler_config
         kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
-        self.load = EngineLoad(kv_tokens, config.max_num_seqs, config.max_model_len, scheduler.max_num_batched_tokens)
+        self.load = EngineLoad(
+            kv_tokens, config.max_num_seqs, config.max_model_len, scheduler.max_num_batched_tokens, config.max_previews_in_flight
+        )
         log.info("voxtral %s loaded on %s in %.1f s (%s; KV cache %d tokens)", config.model, self.device,
                  time.perf_counter() - started, memory, self.load.kv_tokens)  # fmt: skip
 
@@ -82,6 +88,8 @@ class VoxtralBackend:
     async def transcribe(self, audio: np.ndarray, options: TranscribeOptions) -> Transcript:
         check_options(options)
         duration = duration_of(audio)
+        if not options.best_effort:
+            audio = self._full_windows(audio)
         if options.task == "translate":
             prompt = self._chat_prompt([ChatTurn("user", (audio, TRANSLATE_INSTRUCTION))])
         else:
@@ -98,7 +106,8 @@ class VoxtralBackend:
     async def chat_stream(self, turns: list[ChatTurn], options: ChatOptions) -> AsyncIterator[ChatDelta]:
         audio_s = sum(duration_of(p) for t in turns for p in t.parts if isinstance(p, np.ndarray))
         max_tokens = options.max_tokens or chat_tokens(audio_s, self.config.max_audio_tokens_per_s, None)
-        prompt = self._chat_prompt(turns)
+        padded = [ChatTurn(t.role, tuple(self._full_windows(p) if isinstance(p, np.ndarray) else p for p in t.parts)) for t in turns]
+        prompt = self._chat_prompt(padded)
         if not options.stream:
             text, usage, finish_reason = await self._complete(
                 prompt, max_tokens, options.temperature, options.top_p, False, options.request_id
@@ -119,6 +128,12 @@ class VoxtralBackend:
             shutil.rmtree(self._tokenizer_dir, ignore_errors=True)
 
     # --- prompts and generation ---
+
+    def _full_windows(self, audio: np.ndarray) -> np.ndarray:
+        """A full request's audio padded to its own window, where the engine's tokenizer pads to a preview's shorter one."""
+        if not self._full_window_s:
+            return audio
+        return np.pad(audio, (0, -len(audio) % int(self._full_window_s * SAMPLE_RATE)))
 
     def _transcription_prompt(self, audio: np.ndarray, language: str | None) -> dict:
         return transcription_prompt(self.tokenizer.instruct, audio, language, self._prompt_tokens)
@@ -205,7 +220,7 @@ class VoxtralBackend:
             n = len(prompt["multi_modal_data"]["audio"])
             prompt = {**prompt, "multi_modal_uuids": {"audio": [f"{rid}-{i}" for i in range(n)]}}
         try:
-            with self.load.holding(n_prompt, tokens):
+            with self.load.holding(n_prompt, tokens, preview=best_effort):
                 async for output in self.engine.generate(prompt, params, request_id=rid, priority=priority):
                     yield output
         except asyncio.CancelledError:
@@ -221,38 +236,45 @@ class VoxtralBackend:
 
 class EngineLoad:
     """What the engine's requests in flight hold: their prompts (audio included), the KV cache tokens they will hold
-    at their end (prompt plus the most they may generate) and sequences.
+    at their end (prompt plus the most they may generate), sequences, and how many of them are previews.
 
     A preview (a realtime partial) is admitted only where it delays no full request: it starts at once beside the
     requests in flight (a free sequence, and KV room that still leaves one request of the longest context its room),
-    and the engine's next step could prefill all of their prompts and its own (``step_tokens``, vLLM's
-    ``max_num_batched_tokens``). Every decode costs a whole encoder window and its prefill, so compute, not KV
-    room, is what the previews of many sessions take from the finals; the prompts in flight are counted whether or not
-    their prefill is done, which errs on the side of the finals. A skipped preview costs nothing (the next one comes).
+    the engine's next step could prefill all of their prompts and its own (``step_tokens``, vLLM's
+    ``max_num_batched_tokens``), and fewer than ``max_previews`` previews are in flight. Every decode costs an encoder
+    window and its prefill, so compute, not KV room, is what the previews of many sessions take from the finals; the
+    prompts in flight are counted whether or not their prefill is done, which errs on the side of the finals. A
+    preview's decoding steps cost each step and the engine's front end as much as a final's whatever its prompt, so
+    short windows, which make prompts cheap, must not let previews crowd the batch. A skipped preview costs nothing
+    (the next one comes).
     """
 
-    def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int, step_tokens: int):
+    def __init__(self, kv_tokens: int, max_seqs: int, max_model_len: int, step_tokens: int, max_previews: int):
         self.kv_tokens, self.max_seqs, self.reserve, self.step_tokens = kv_tokens, max_seqs, max_model_len, step_tokens
-        self.prompt_tokens = self.tokens = self.requests = 0
+        self.max_previews = max_previews
+        self.prompt_tokens = self.tokens = self.requests = self.previews = 0
 
     def preview_fits(self, prompt_tokens: int, tokens: int) -> bool:
         return (
-            self.requests + 1 < self.max_seqs
+            self.previews < self.max_previews
+            and self.requests + 1 < self.max_seqs
             and self.tokens + tokens + self.reserve <= self.kv_tokens
             and self.prompt_tokens + prompt_tokens <= self.step_tokens
         )
 
     @contextmanager
-    def holding(self, prompt_tokens: int, tokens: int):
+    def holding(self, prompt_tokens: int, tokens: int, preview: bool = False):
         self.prompt_tokens += prompt_tokens
         self.tokens += tokens
         self.requests += 1
+        self.previews += preview
         try:
             yield
         finally:
             self.prompt_tokens -= prompt_tokens
             self.tokens -= tokens
             self.requests -= 1
+            self.previews -= preview
 
 
 def check_options(options: TranscribeOptions | ChatOptions) -> None:
@@ -297,13 +319,14 @@ def engine_arg_dict(config: VoxtralConfig, device: str, memory: dict, tokenizer:
         **memory,
         **_quantization_args(config.quantization),
     )
-    window = {WINDOW_KEY: config.audio_window_s} if config.audio_window_s else {}
+    window = {WINDOW_KEY: config.engine_window_s()} if config.engine_window_s() else {}
     additional = {ENCODER_GRAPHS_KEY: graphs, **window, **extra.get("additional_config", {})}
     return {**args, **extra, "additional_config": additional}
 
 
-def windowed_tokenizer(model: str, window_s: int) -> str:
-    """A directory with the checkpoint's tekken.json padding audio to ``window_s`` instead of its own window.
+def windowed_tokenizer(model: str, window_s: int) -> tuple[str, float]:
+    """A directory with the checkpoint's tekken.json padding audio to ``window_s`` instead of its own window, and the
+    checkpoint's own window in seconds.
 
     The window lives in the tokenizer (``audio.chunk_length_s``): mistral_common pads each clip to a multiple of it,
     for this backend's prompts and for vLLM's audio processor alike, which counts a clip's audio tokens from its
@@ -317,10 +340,11 @@ def windowed_tokenizer(model: str, window_s: int) -> str:
     tekken = json.loads(path.read_text())
     if not tekken.get("audio", {}).get("chunk_length_s"):
         raise ValueError(f"{model}'s tekken.json pads no audio into windows; voxtral.audio_window_s does not apply.")
+    checkpoint_window_s = float(tekken["audio"]["chunk_length_s"])
     tekken["audio"]["chunk_length_s"] = float(window_s)
     directory = tempfile.mkdtemp(prefix="voxtral-tokenizer-")
     (Path(directory) / "tekken.json").write_text(json.dumps(tekken))
-    return directory
+    return directory, checkpoint_window_s
 
 
 def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cache: dict) -> dict:
