@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from contextlib import ExitStack
 from dataclasses import replace
 from importlib.metadata import entry_points
@@ -119,11 +120,12 @@ def test_engine_args_carry_the_graph_sizes_and_engine_kwargs_win(tiny_voxtral_di
     assert windowed["additional_config"] == {CONFIG_KEY: 0, WINDOW_KEY: 10} and windowed["tokenizer"] == "/tmp/tok"
 
 
-def test_the_windowed_tokenizer_pads_to_the_window_and_keeps_the_rest(tiny_voxtral_dir, tmp_path):
+def test_the_windowed_tokenizer_pads_to_the_window_and_keeps_the_rest(tiny_voxtral_dir, tmp_path, request):
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     directory, checkpoint_window_s = windowed_tokenizer(str(tiny_voxtral_dir), 10)
     directory = Path(directory)
+    request.addfinalizer(lambda: shutil.rmtree(directory))  # the backend removes its own at shutdown
     assert checkpoint_window_s == 30.0
     original, windowed = (json.loads((d / "tekken.json").read_text()) for d in (tiny_voxtral_dir, directory))
     assert windowed["audio"].pop("chunk_length_s") == 10.0 and original["audio"].pop("chunk_length_s") == 30.0
