@@ -189,5 +189,43 @@ def test_cached_transcription_prompt_equals_encode_transcription(tiny_voxtral_di
         got = transcription_prompt(instruct, audio, language, cache)
         assert got["prompt_token_ids"] == expected.tokens
         (array, sr), = got["multi_modal_data"]["audio"]
-        assert sr == 16000 and np.allclose(array, expected.audios[0].audio_array, atol=1e-6)
+        assert sr == 16000 and array is audio  # not copied: vLLM's audio processor pads it, with the same tokenizer
+        assert np.allclose(instruct.audio_encoder.pad(array, sr), expected.audios[0].audio_array, atol=1e-6)
     assert len(cache) == 1
+
+
+def test_cached_chat_prompt_equals_encode_chat_completion(tiny_voxtral_dir):
+    """The chat prompt's tokens, cached by the conversation's shape, are exactly mistral_common's for the real clips;
+    the clips go to the engine uncopied, in order, and pad to what mistral_common gives."""
+    from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
+    from mistral_common.protocol.instruct.messages import AssistantMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from serve_app.backends.voxtral import chat_prompt
+    from serve_app.core.types import ChatTurn
+    from serve_app.errors import InvalidRequest
+
+    mistral = MistralTokenizer.from_file(str(tiny_voxtral_dir / "tekken.json"))
+    rng = np.random.default_rng(4)
+    first, second = (rng.normal(0, 0.1, int(s * 16000)).astype(np.float32) for s in (3.0, 31.0))
+    turns = [ChatTurn("user", (first, "What is said?")), ChatTurn("assistant", ("Hello.",)), ChatTurn("user", ("And here?", second))]
+    expected = mistral.encode_chat_completion(ChatCompletionRequest(messages=[
+        UserMessage(content=[AudioChunk(input_audio=wav_bytes(first, subtype="FLOAT")), TextChunk(text="What is said?")]),
+        AssistantMessage(content="Hello."),
+        UserMessage(content=[TextChunk(text="And here?"), AudioChunk(input_audio=wav_bytes(second, subtype="FLOAT"))]),
+    ]))  # fmt: skip
+    cache: dict = {}
+    for _ in range(2):  # computed, then served from the cache
+        got = chat_prompt(mistral, turns, cache)
+        assert got["prompt_token_ids"] == expected.tokens
+        clips = got["multi_modal_data"]["audio"]
+        assert len(clips) == 2 and all(a is b for (a, _), b in zip(clips, (first, second)))
+        for (array, sr), padded in zip(clips, expected.audios):
+            assert sr == 16000 and np.allclose(mistral.instruct_tokenizer.audio_encoder.pad(array, sr), padded.audio_array, atol=1e-6)
+    assert len(cache) == 1
+    other = chat_prompt(mistral, [ChatTurn("user", (first, "Transcribe."))], cache)  # another shape: its own tokens
+    assert len(cache) == 2 and other["prompt_token_ids"] != expected.tokens
+    with pytest.raises(InvalidRequest, match="Invalid conversation"):  # mistral_common's validation still applies
+        chat_prompt(mistral, [ChatTurn("system", ("Be brief.",)), ChatTurn("user", (first,))], cache)
+    assert len(cache) == 2

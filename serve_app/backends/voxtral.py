@@ -63,6 +63,7 @@ class VoxtralBackend:
         self.engine = AsyncLLM.from_engine_args(args)
         self.tokenizer = self.engine.get_tokenizer()
         self._prompt_tokens: dict[tuple[int, str | None], list[int]] = {}
+        self._chat_prompt_tokens: dict[tuple, list[int]] = {}
         cache, scheduler = self.engine.vllm_config.cache_config, self.engine.vllm_config.scheduler_config
         kv_tokens = (cache.num_gpu_blocks or 0) * cache.block_size
         self.load = EngineLoad(
@@ -139,28 +140,7 @@ class VoxtralBackend:
         return transcription_prompt(self.tokenizer.instruct, audio, language, self._prompt_tokens)
 
     def _chat_prompt(self, turns: list[ChatTurn]) -> dict:
-        from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
-        from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
-        from mistral_common.protocol.instruct.request import ChatCompletionRequest
-
-        messages = []
-        for turn in turns:
-            if turn.role in ("system", "developer"):
-                messages.append(SystemMessage(content=" ".join(p for p in turn.parts if isinstance(p, str))))
-            elif turn.role == "assistant":
-                messages.append(AssistantMessage(content=" ".join(p for p in turn.parts if isinstance(p, str))))
-            else:
-                chunks = [
-                    AudioChunk(input_audio=wav_bytes(p, subtype="FLOAT")) if isinstance(p, np.ndarray) else TextChunk(text=p)
-                    for p in turn.parts
-                    if not (isinstance(p, str) and not p)
-                ]
-                messages.append(UserMessage(content=chunks))
-        try:
-            tokenized = self.tokenizer.mistral.encode_chat_completion(ChatCompletionRequest(messages=messages))
-        except Exception as e:  # mistral_common's validation (message order, empty content, ...)
-            raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
-        return _prompt(tokenized)
+        return chat_prompt(self.tokenizer.mistral, turns, self._chat_prompt_tokens)
 
     async def _complete(
         self, prompt: dict, max_tokens: int, temperature: float, top_p: float, ignore_eos: bool, request_id: str | None,
@@ -351,19 +331,70 @@ def transcription_prompt(instruct, audio: np.ndarray, language: str | None, cach
     """Voxtral's transcription prompt, as ``encode_transcription`` builds it, without a WAV round trip per request.
 
     The tokens depend only on the padded length and the language, so they are computed once per pair (on silence
-    of that length) and kept in ``cache``; the audio goes to the engine as the padded array itself.
+    of that length) and kept in ``cache``. The audio goes to the engine as it is: vLLM's audio processor pads it with
+    the same tokenizer (a copy of a whole window here would be a second one).
     """
     from mistral_common.protocol.transcription.request import TranscriptionRequest
 
-    padded = instruct.audio_encoder.pad(audio, SAMPLE_RATE)
-    key = (len(padded), language)
+    key = (padded_length(instruct.audio_encoder, len(audio)), language)
     if key not in cache:
         try:
-            request = TranscriptionRequest(audio=wav_bytes(np.zeros(len(padded), np.float32), subtype="FLOAT"), language=language)
+            request = TranscriptionRequest(audio=wav_bytes(np.zeros(key[0], np.float32), subtype="FLOAT"), language=language)
         except ValueError as e:
             raise InvalidRequest(f"Invalid transcription request: {e}", param="language") from None
         cache[key] = instruct.encode_transcription(request).tokens
-    return {"prompt_token_ids": cache[key], "multi_modal_data": {"audio": [(padded, SAMPLE_RATE)]}}
+    return {"prompt_token_ids": cache[key], "multi_modal_data": {"audio": [(audio, SAMPLE_RATE)]}}
+
+
+CHAT_PROMPTS_KEPT = 256
+
+
+def chat_prompt(mistral, turns: list[ChatTurn], cache: dict) -> dict:
+    """Voxtral's chat prompt, as mistral_common's ``encode_chat_completion`` builds it, without a WAV round trip per
+    request.
+
+    The tokens depend only on the turns' roles and text and on each clip's padded length, so they are computed once
+    per such shape (on silence of those lengths) and kept in ``cache``, the latest ``CHAT_PROMPTS_KEPT`` of them
+    (clients mostly send the same instruction). The clips go to the engine as they are, as in ``transcription_prompt``.
+    """
+    encoder = mistral.instruct_tokenizer.audio_encoder
+    shape = tuple((t.role, tuple(p if isinstance(p, str) else padded_length(encoder, len(p)) for p in t.parts)) for t in turns)
+    if shape not in cache:
+        tokens = _encode_chat(mistral, shape)
+        if len(cache) >= CHAT_PROMPTS_KEPT:
+            cache.pop(next(iter(cache)))
+        cache[shape] = tokens
+    clips = [(p, SAMPLE_RATE) for t in turns for p in t.parts if isinstance(p, np.ndarray)]
+    return {"prompt_token_ids": cache[shape], "multi_modal_data": {"audio": clips}}
+
+
+def _encode_chat(mistral, shape: tuple) -> list[int]:
+    """The tokens of a conversation's shape: each turn's role and parts, text or a clip's padded length."""
+    from mistral_common.protocol.instruct.chunk import AudioChunk, TextChunk
+    from mistral_common.protocol.instruct.messages import AssistantMessage, SystemMessage, UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+    messages = []
+    for role, parts in shape:
+        text = " ".join(p for p in parts if isinstance(p, str))
+        if role in ("system", "developer"):
+            messages.append(SystemMessage(content=text))
+        elif role == "assistant":
+            messages.append(AssistantMessage(content=text))
+        else:
+            silence = {n: AudioChunk(input_audio=wav_bytes(np.zeros(n, np.float32))) for n in parts if isinstance(n, int)}
+            messages.append(UserMessage(content=[TextChunk(text=p) if isinstance(p, str) else silence[p] for p in parts if p != ""]))
+    try:
+        return mistral.encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens
+    except Exception as e:  # mistral_common's validation (message order, empty content, ...)
+        raise InvalidRequest(f"Invalid conversation: {e}", param="messages") from None
+
+
+def padded_length(encoder, samples: int) -> int:
+    """The length mistral_common pads a clip of ``samples`` to (vLLM's audio processor pads alike): whole windows."""
+    if not encoder.audio_config.chunk_length_s:
+        return len(encoder.pad(np.zeros(samples, np.float32), SAMPLE_RATE))
+    return encoder.next_multiple_of_chunk_frames(samples, SAMPLE_RATE)
 
 
 def _quantization_args(quantization: str | None) -> dict:
@@ -379,9 +410,3 @@ def _device(setting: str) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def _prompt(tokenized) -> dict:
-    return {
-        "prompt_token_ids": tokenized.tokens,
-        "multi_modal_data": {"audio": [(a.audio_array, a.sampling_rate) for a in tokenized.audios]},
-    }
