@@ -202,7 +202,7 @@ def test_cached_chat_prompt_equals_encode_chat_completion(tiny_voxtral_dir):
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    from serve_app.backends.voxtral import chat_prompt
+    from serve_app.backends.voxtral import CHAT_PROMPTS_KEPT, chat_prompt
     from serve_app.core.types import ChatTurn
     from serve_app.errors import InvalidRequest
 
@@ -224,8 +224,12 @@ def test_cached_chat_prompt_equals_encode_chat_completion(tiny_voxtral_dir):
         for (array, sr), padded in zip(clips, expected.audios):
             assert sr == 16000 and np.allclose(mistral.instruct_tokenizer.audio_encoder.pad(array, sr), padded.audio_array, atol=1e-6)
     assert len(cache) == 1
+    (turns_shape,) = cache
     other = chat_prompt(mistral, [ChatTurn("user", (first, "Transcribe."))], cache)  # another shape: its own tokens
     assert len(cache) == 2 and other["prompt_token_ids"] != expected.tokens
     with pytest.raises(InvalidRequest, match="Invalid conversation"):  # mistral_common's validation still applies
         chat_prompt(mistral, [ChatTurn("system", ("Be brief.",)), ChatTurn("user", (first,))], cache)
     assert len(cache) == 2
+    for i in range(CHAT_PROMPTS_KEPT + 5):  # a client that varies its text cannot grow the cache without bound
+        chat_prompt(mistral, [ChatTurn("user", (first, f"Transcribe #{i}."))], cache)
+    assert len(cache) == CHAT_PROMPTS_KEPT and turns_shape not in cache  # the oldest shapes went first
