@@ -29,6 +29,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -57,6 +58,8 @@ from serve_app.config import VoxtralConfig
 from serve_app.ray_env import apply_serve_env
 
 SERVED_NAME = "voxtral"
+# The engine's own memory accounting, as its engine core and the model replica log it.
+MEMORY_LINES = re.compile(r"Model loading took|GPU KV cache size|KV cache memory|Graph capturing finished|CUDA graphs|GPU memory plan|loaded on")
 
 
 def chat_body(clip, max_tokens: int, stream: bool = False) -> bytes:
@@ -112,6 +115,15 @@ def vllm_server_args(config: VoxtralConfig, memory: dict) -> list[str]:
         else:
             flags += [flag, json.dumps(value) if isinstance(value, dict) else str(value)]
     return flags
+
+
+def engine_memory_lines(logs: Path = Path("/tmp/ray/session_latest/logs"), limit: int = 80) -> list[str]:
+    """The lines of this Ray session's logs that give the engine's own memory accounting (its engine core writes to
+    the model replica's worker files)."""
+    lines = []
+    for path in sorted(p for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")):
+        lines += [f"{path.name}: {line[:400]}" for line in path.read_text(errors="replace").splitlines() if MEMORY_LINES.search(line)]
+    return lines[:limit]
 
 
 def wait_until_up(proc: subprocess.Popen, url: str, timeout_s: float = 900) -> None:
@@ -181,6 +193,7 @@ def run_product(a, maker: ClipMaker, lever: dict) -> dict:
             row |= measure(base, senders, maker, a, with_throughput=True)
             row["gpu_memory_after_load"] = gpu_memory()
         finally:
+            row["engine_memory_log"] = engine_memory_lines()
             stop_local_serve()
     share_mib = round(0.15 * row["gpu_memory_serving"].get("total_mib", 0))  # of nvidia-smi's total, not torch's
     row["gpu_memory_peak"] = {"neighbour_gib": a.neighbour_gib, "ours_mib": peak.peak_mib, "ours_mib_by_pid": peak.peak_mib_by_pid,
