@@ -149,7 +149,7 @@ def test_encoder_graphs_are_paid_for_out_of_the_kv_cache(full_size_dir):
     assert graphs.activation_bytes - eager.activation_bytes == 4 * 112 * 2**20  # 384-444 MiB measured for 1-4 windows
     assert graphs.kv_cache_bytes == eager.kv_cache_bytes - 4 * 112 * 2**20
     # 10 s windows: graphs for 3000, 2000 and 1000 frames, twice the 30 s graphs' bytes (364 -> 638 MiB measured), and
-    # 512 MiB more (such an engine once went 110 MiB over its share at start-up without them)
+    # 512 MiB more (such an engine once grew 110 MiB over its share under load without them)
     windowed = plan_memory(VoxtralConfig(**model, encoder_cuda_graphs=4, audio_window_s=10), 0.15, H100)
     assert windowed.activation_bytes - eager.activation_bytes == 2 * 4 * 112 * 2**20 + 512 * 2**20
     previews = plan_memory(VoxtralConfig(**model, encoder_cuda_graphs=4, preview_window_s=10), 0.15, H100)
