@@ -32,7 +32,8 @@ MEL_FRAMES_PER_S = AUDIO_ENCODING["sampling_rate"] // AUDIO_ENCODING["hop_length
 # clients to 11 806 MiB in one and 12 344 MiB in the other, 110 MiB over its 12 234 MiB share (H100; the defaults grew
 # by 844-874 MiB to 11 784-11 808; benchmarks/NOTES-gpu.md, sixteenth session). The growth is most likely the
 # activations of the largest steps the load happened to form; until what bounds them is known, such an engine is
-# charged this much more, out of a KV cache that prompts a third as long need less of.
+# charged this much more, out of a KV cache that prompts a third as long need less of. With it the same load peaked at
+# 10 728 MiB (benchmarks/NOTES-gpu.md, nineteenth session).
 SHORT_WINDOW_ACTIVATION_BYTES = 512 << 20
 
 # The language model's CUDA graphs grow with the largest step they capture: vLLM's pool took 0.18 GiB for steps up to
