@@ -59,8 +59,7 @@ from serve_app.ray_env import apply_serve_env
 
 SERVED_NAME = "voxtral"
 # The engine's own memory accounting, as its engine core and the model replica log it.
-MEMORY_LINES = re.compile(r"Model loading took|GPU KV cache size|KV cache memory|Graph capturing finished|CUDA graphs|GPU memory plan|loaded on")
-UNFINISHED_PROGRESS = re.compile(r"(?<!\d)\d{1,2}%\|")  # a progress bar's intermediate lines: only its 100 % line counts
+MEMORY_LINES = re.compile(r"Model loading took|GPU KV cache size|KV cache memory|Graph capturing finished|audio encoder CUDA graphs|GPU memory plan|loaded on")
 
 
 def chat_body(clip, max_tokens: int, stream: bool = False) -> bytes:
@@ -123,7 +122,7 @@ def engine_memory_lines(logs: Path = Path("/tmp/ray/session_latest/logs"), limit
     the model replica's worker files)."""
     lines = []
     for path in sorted(p for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")):
-        lines += [f"{path.name}: {line[:400]}" for line in path.read_text(errors="replace").splitlines() if MEMORY_LINES.search(line) and not UNFINISHED_PROGRESS.search(line)]
+        lines += [f"{path.name}: {line[:400]}" for line in path.read_text(errors="replace").splitlines() if MEMORY_LINES.search(line)]
     return lines[:limit]
 
 

@@ -9,7 +9,7 @@
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
-for p in /.gpu-stage/ /.gpu-stage6/ /.bench-audio/; do
+for p in /.gpu-stage6/ /.bench-audio/; do  # stage-wheels excludes its own /.gpu-stage/
   grep -qx "$p" .git/info/exclude 2>/dev/null || echo "$p" >>.git/info/exclude
 done
 ../shared/gpu/stage-wheels benchmarks/gpu-requirements.txt
